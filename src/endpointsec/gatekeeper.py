@@ -1,0 +1,351 @@
+"""The gatekeeper: *gather* the facts of a request, then :func:`decide`.
+
+Gather is the only step with I/O (reading the certificate source, verifying the
+chain, fetching keys, verifying the token). It produces one frozen
+:class:`RequestFacts`; :meth:`Gatekeeper.decide` hands it to the pure
+:func:`endpointsec.core.decide` with the current policy snapshot.
+
+The sync (WSGI, threads) and async (ASGI) paths share every step except the token
+verification call, which is ``verify`` in a thread and ``averify`` on the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from endpointsec.config import Config
+from endpointsec.core import decide
+from endpointsec.errors import (
+    CertificateError,
+    ConfigurationError,
+    EndpointSecError,
+    PathError,
+    TokenError,
+)
+from endpointsec.facts import (
+    Decision,
+    PeerIdentity,
+    PresentedCertificate,
+    Principal,
+    RequestFacts,
+    RequestPrincipal,
+    Requirements,
+)
+from endpointsec.protocols import CertificateSource, ChainVerifier, Policy, TokenVerifier
+from endpointsec.routing import RouteTable
+
+__all__ = ["Gatekeeper", "SecurityContext"]
+
+logger = logging.getLogger("endpointsec.decision")
+
+Scope = MutableMapping[str, Any]
+Environ = MutableMapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityContext:
+    """What endpointsec attaches to a request as ``scope["endpointsec"]`` /
+    ``environ["endpointsec"]``."""
+
+    principal: Principal
+    decision: Decision
+    facts: RequestFacts = field(repr=False)
+
+
+class Gatekeeper:
+    """Gathers facts and decides; shared by every adapter.
+
+    Build it from a :class:`Config` (:meth:`from_config`) or from components.
+    """
+
+    def __init__(
+        self,
+        *,
+        policy: Policy,
+        sources: Sequence[CertificateSource] = (),
+        verifier: ChainVerifier | None = None,
+        token_verifier: TokenVerifier | None = None,
+        token_reader: Any = None,
+        routes: RouteTable | None = None,
+        domain_header: str | None = None,
+    ) -> None:
+        self.policy = policy
+        self.sources = tuple(sources)
+        self.verifier = verifier
+        self.token_verifier = token_verifier
+        self.token_reader = token_reader
+        self.routes = routes or RouteTable()
+        self._domain_header = domain_header.lower().encode() if domain_header else None
+        if self.sources and self.verifier is None:
+            raise ConfigurationError("certificate sources are configured but no verifier",
+                                     key="identity")
+
+    # -- construction -----------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: Config) -> Gatekeeper:
+        from endpointsec.identity.forwarded import build_proxy_sources
+        from endpointsec.identity.sources import build_server_sources
+        from endpointsec.identity.verify import X509ChainVerifier
+        from endpointsec.policy import build_policy
+        from endpointsec.tokens import build_token_reader, build_token_verifier
+
+        sources: list[CertificateSource] = list(build_server_sources(config.identity))
+        if config.proxy is not None:
+            sources.extend(build_proxy_sources(config.proxy))
+        routes = RouteTable(
+            [(r.path, r.methods, r.requirements) for r in config.routes],
+            defaults=config.defaults,
+        )
+        if not sources and routes.any_requires_mtls:
+            raise ConfigurationError(
+                "routes require mTLS but no certificate source is enabled; name what is in "
+                "front of the app (e.g. sources = [\"asgi-tls\"]) or configure [proxy]",
+                key="identity.sources",
+            )
+        verifier = X509ChainVerifier(config=config.identity) if sources else None
+        return cls(
+            policy=build_policy(config.policy),
+            sources=sources,
+            verifier=verifier,
+            token_verifier=build_token_verifier(config.tokens),
+            token_reader=build_token_reader(config.tokens),
+            routes=routes,
+            domain_header=getattr(config.policy, "domain_header", None),
+        )
+
+    # -- decide -----------------------------------------------------------------------
+
+    def decide(self, facts: RequestFacts) -> Decision:
+        decision = decide(facts, self.policy)
+        _log(decision)
+        return decision
+
+    # -- gather: shared steps ---------------------------------------------------------
+
+    def _route(self, method: str, raw_path: str) -> tuple[str | None, PathError | None,
+                                                           Requirements]:
+        try:
+            path = self.policy.normalize(raw_path)
+        except PathError as exc:
+            return None, exc, self.routes.defaults
+        except EndpointSecError as exc:
+            return None, PathError(str(exc)), self.routes.defaults
+        return path, None, self.routes.match(method, path)
+
+    def _peer(self, presented: Sequence[PresentedCertificate]) -> tuple[
+        PeerIdentity | None, EndpointSecError | None
+    ]:
+        if not presented:
+            return None, None
+        first = presented[0]
+        for other in presented[1:]:
+            if other.leaf != first.leaf:
+                return None, CertificateError(
+                    f"ambiguous identity: sources {first.source!r} and {other.source!r} "
+                    "presented different certificates"
+                )
+        if self.verifier is None:  # pragma: no cover - guarded in __init__
+            return None, CertificateError("no verifier configured")
+        try:
+            return self.verifier.verify(first), None
+        except EndpointSecError as exc:
+            return None, exc
+        except Exception as exc:
+            return None, CertificateError(f"certificate could not be processed: "
+                                          f"{type(exc).__name__}")
+
+    def _read_token(self, headers: Sequence[tuple[bytes, bytes]], query: bytes) -> tuple[
+        str | None, EndpointSecError | None
+    ]:
+        if self.token_reader is None:
+            return None, None
+        try:
+            return self.token_reader.read(headers, query), None
+        except EndpointSecError as exc:
+            return None, exc
+
+    def _domain(self, headers: Sequence[tuple[bytes, bytes]]) -> str | None:
+        if self._domain_header is None:
+            return None
+        for name, value in headers:
+            if name.lower() == self._domain_header:
+                return value.decode("latin-1")
+        return None
+
+    @staticmethod
+    def _facts(
+        *,
+        method: str,
+        raw_path: str,
+        route: tuple[str | None, PathError | None, Requirements],
+        peer: tuple[PeerIdentity | None, EndpointSecError | None],
+        token: RequestPrincipal | None,
+        token_error: EndpointSecError | None,
+        token_presented: bool,
+        domain: str | None,
+        websocket: bool,
+    ) -> RequestFacts:
+        path, path_error, requirements = route
+        return RequestFacts(
+            method=method,
+            raw_path=raw_path,
+            path=path,
+            request_error=path_error,
+            principal=Principal(peer=peer[0], request=token),
+            requirements=requirements,
+            peer_error=peer[1],
+            token_error=token_error,
+            token_presented=token_presented,
+            domain=domain,
+            websocket=websocket,
+        )
+
+    # -- gather: ASGI -----------------------------------------------------------------
+
+    def _presented_asgi(self, scope: Scope) -> tuple[list[PresentedCertificate],
+                                                     EndpointSecError | None]:
+        found: list[PresentedCertificate] = []
+        for source in self.sources:
+            try:
+                p = source.from_asgi(scope)
+            except EndpointSecError as exc:
+                return [], exc
+            except Exception as exc:
+                return [], CertificateError(f"source {source.name!r} failed: "
+                                            f"{type(exc).__name__}")
+            if p is not None:
+                found.append(p)
+        return found, None
+
+    def scrub_asgi(self, scope: Scope) -> None:
+        for source in self.sources:
+            source.scrub_asgi(scope)
+
+    async def gather_asgi(self, scope: Scope) -> RequestFacts:
+        websocket = scope["type"] == "websocket"
+        method = "GET" if websocket else str(scope.get("method", ""))
+        raw = scope.get("raw_path")
+        raw_path = (raw.split(b"?", 1)[0].decode("latin-1") if isinstance(raw, bytes)
+                    else _quote_path(str(scope.get("path", ""))))
+        route = self._route(method, raw_path)
+        presented, source_error = self._presented_asgi(scope)
+        peer = (None, source_error) if source_error else self._peer(presented)
+        headers: list[tuple[bytes, bytes]] = list(scope.get("headers", ()))
+        token_str, token_error = self._read_token(headers, scope.get("query_string", b""))
+        token: RequestPrincipal | None = None
+        if token_str is not None and self.token_verifier is not None:
+            try:
+                token = await self.token_verifier.averify(token_str)
+            except EndpointSecError as exc:
+                token_error = exc
+            except Exception as exc:
+                token_error = TokenError(f"token could not be processed: {type(exc).__name__}")
+        return self._facts(
+            method=method, raw_path=raw_path, route=route, peer=peer, token=token,
+            token_error=token_error, token_presented=token_str is not None or bool(token_error),
+            domain=self._domain(headers), websocket=websocket,
+        )
+
+    # -- gather: WSGI -----------------------------------------------------------------
+
+    def scrub_wsgi(self, environ: Environ) -> None:
+        for source in self.sources:
+            source.scrub_wsgi(environ)
+
+    def gather_wsgi(self, environ: Environ) -> RequestFacts:
+        method = str(environ.get("REQUEST_METHOD", ""))
+        raw_path = _wsgi_raw_path(environ)
+        route = self._route(method, raw_path)
+        found: list[PresentedCertificate] = []
+        source_error: EndpointSecError | None = None
+        for source in self.sources:
+            try:
+                p = source.from_wsgi(environ)
+            except EndpointSecError as exc:
+                source_error = exc
+                break
+            except Exception as exc:
+                source_error = CertificateError(f"source {source.name!r} failed: "
+                                                f"{type(exc).__name__}")
+                break
+            if p is not None:
+                found.append(p)
+        peer = (None, source_error) if source_error else self._peer(found)
+        headers = _wsgi_headers(environ)
+        token_str, token_error = self._read_token(
+            headers, str(environ.get("QUERY_STRING", "")).encode("latin-1"))
+        token: RequestPrincipal | None = None
+        if token_str is not None and self.token_verifier is not None:
+            try:
+                token = self.token_verifier.verify(token_str)
+            except EndpointSecError as exc:
+                token_error = exc
+            except Exception as exc:
+                token_error = TokenError(f"token could not be processed: {type(exc).__name__}")
+        websocket = str(environ.get("HTTP_UPGRADE", "")).lower() == "websocket"
+        return self._facts(
+            method=method, raw_path=raw_path, route=route, peer=peer, token=token,
+            token_error=token_error, token_presented=token_str is not None or bool(token_error),
+            domain=self._domain(headers), websocket=websocket,
+        )
+
+    # -- gather: direct (CLI explain, tests) ------------------------------------------
+
+    def facts_for(
+        self,
+        *,
+        method: str,
+        path: str,
+        peer: PeerIdentity | None = None,
+        token: RequestPrincipal | None = None,
+        domain: str | None = None,
+        requirements: Requirements | None = None,
+    ) -> RequestFacts:
+        """Facts for a request described directly (no server, no I/O)."""
+        route = self._route(method, path)
+        if requirements is not None:
+            route = (route[0], route[1], requirements)
+        return self._facts(
+            method=method, raw_path=path, route=route, peer=(peer, None), token=token,
+            token_error=None, token_presented=token is not None, domain=domain,
+            websocket=False,
+        )
+
+
+def _quote_path(path: str) -> str:
+    from urllib.parse import quote
+
+    return quote(path, safe="/:@!$&'()*+,;=-._~%")
+
+
+def _wsgi_raw_path(environ: Mapping[str, Any]) -> str:
+    # werkzeug's server and gunicorn pass the undecoded request target.
+    uri = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if isinstance(uri, str) and uri.startswith("/"):
+        return uri.split("?", 1)[0].split("#", 1)[0]
+    script = str(environ.get("SCRIPT_NAME", ""))
+    path = str(environ.get("PATH_INFO", ""))
+    # PEP 3333: PATH_INFO is latin-1 decoded bytes; re-encode then quote.
+    raw = (script + path).encode("latin-1").decode("utf-8", "surrogateescape")
+    return _quote_path(raw) if raw else "/"
+
+
+def _wsgi_headers(environ: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
+    out: list[tuple[bytes, bytes]] = []
+    for key, value in environ.items():
+        if key.startswith("HTTP_") and isinstance(value, str):
+            name = key[5:].replace("_", "-").lower().encode("latin-1")
+            out.append((name, value.encode("latin-1")))
+    return out
+
+
+def _log(decision: Decision) -> None:
+    if decision.allowed and not decision.would_deny:
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("endpointsec decision\n%s", decision.explain())
+        return
+    logger.info("endpointsec decision\n%s", decision.explain())

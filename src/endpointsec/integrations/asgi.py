@@ -1,0 +1,94 @@
+"""Pure ASGI middleware (never ``BaseHTTPMiddleware``)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from endpointsec.config import Config
+from endpointsec.gatekeeper import Gatekeeper, SecurityContext
+from endpointsec.integrations.responses import error_response
+
+__all__ = ["ASGIMiddleware"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class ASGIMiddleware:
+    """Authenticate and authorize every HTTP and websocket request before ``app`` runs.
+
+    ::
+
+        app = ASGIMiddleware(app, config=endpointsec.load_config("endpointsec.toml"))
+
+    The request's :class:`SecurityContext` is at ``scope["endpointsec"]``. Refusals are
+    problem+json responses (401 with ``WWW-Authenticate``, 403, 400, 503); a websocket
+    is refused before it is accepted. Lifespan and other scopes pass straight through.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        config: Config | None = None,
+        gatekeeper: Gatekeeper | None = None,
+    ) -> None:
+        if (config is None) == (gatekeeper is None):
+            from endpointsec.errors import ConfigurationError
+
+            raise ConfigurationError("pass exactly one of config= or gatekeeper=")
+        self.app = app
+        self.gatekeeper = gatekeeper if gatekeeper is not None else Gatekeeper.from_config(
+            config  # type: ignore[arg-type]
+        )
+        self._bearer = self.gatekeeper.token_verifier is not None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        gk = self.gatekeeper
+        facts = await gk.gather_asgi(scope)
+        decision = gk.decide(facts)
+        if not decision.allowed:
+            if scope["type"] == "websocket":
+                await self._refuse_websocket(scope, receive, send, decision)
+            else:
+                await self._refuse_http(send, decision)
+            return
+        gk.scrub_asgi(scope)
+        scope["endpointsec"] = SecurityContext(
+            principal=decision.principal, decision=decision, facts=facts
+        )
+        await self.app(scope, receive, send)
+
+    async def _refuse_http(self, send: Send, decision: Any) -> None:
+        resp = error_response(decision, bearer=self._bearer)
+        await send({
+            "type": "http.response.start",
+            "status": resp.status,
+            "headers": [(k.encode(), v.encode()) for k, v in resp.headers],
+        })
+        await send({"type": "http.response.body", "body": resp.body})
+
+    async def _refuse_websocket(self, scope: Scope, receive: Receive, send: Send,
+                                decision: Any) -> None:
+        # Wait for the client's connect, then refuse before accepting.
+        message = await receive()
+        if message.get("type") != "websocket.connect":
+            return
+        extensions = scope.get("extensions") or {}
+        if "websocket.http.response" in extensions:
+            resp = error_response(decision, bearer=self._bearer)
+            await send({
+                "type": "websocket.http.response.start",
+                "status": resp.status,
+                "headers": [(k.encode(), v.encode()) for k, v in resp.headers],
+            })
+            await send({"type": "websocket.http.response.body", "body": resp.body})
+        else:
+            await send({"type": "websocket.close", "code": 1008})

@@ -1,0 +1,79 @@
+"""Route templates: which :class:`Requirements` apply to a normalized path."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from endpointsec.errors import ConfigurationError
+from endpointsec.facts import Requirements
+
+__all__ = ["RouteTable", "compile_template"]
+
+_PARAM = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}|:[A-Za-z_][A-Za-z0-9_]*")
+
+
+def compile_template(template: str) -> re.Pattern[str]:
+    """Compile a keyMatch2-style template.
+
+    ``{name}`` and ``:name`` match exactly one non-empty segment; a trailing ``/*``
+    matches the path itself and anything below it; a ``*`` elsewhere matches within
+    one segment. Everything else is literal.
+    """
+    if not template.startswith("/"):
+        raise ConfigurationError(f"route template must start with '/': {template!r}")
+    tail = ""
+    body = template
+    if body.endswith("/*"):
+        body = body[:-2]
+        tail = "(?:/.*)?"
+    out: list[str] = []
+    pos = 0
+    for m in _PARAM.finditer(body):
+        out.append(_literal(body[pos : m.start()]))
+        out.append("[^/]+")
+        pos = m.end()
+    out.append(_literal(body[pos:]))
+    return re.compile("^" + "".join(out) + tail + "$")
+
+
+def _literal(text: str) -> str:
+    return re.escape(text).replace(r"\*", "[^/]*")
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    pattern: re.Pattern[str]
+    methods: frozenset[str]
+    requirements: Requirements
+
+
+class RouteTable:
+    """Ordered routes; the first match wins, no match gives the defaults."""
+
+    def __init__(
+        self,
+        routes: Sequence[tuple[str, frozenset[str], Requirements]] = (),
+        *,
+        defaults: Requirements | None = None,
+    ) -> None:
+        self.defaults = defaults or Requirements()
+        self._routes = tuple(
+            _Route(compile_template(path), methods, req) for path, methods, req in routes
+        )
+
+    def match(self, method: str, path: str) -> Requirements:
+        for route in self._routes:
+            if route.methods and method not in route.methods:
+                continue
+            if route.pattern.match(path):
+                return route.requirements
+        return self.defaults
+
+    @property
+    def any_requires_mtls(self) -> bool:
+        from endpointsec.facts import MTLS
+
+        reqs = [r.requirements for r in self._routes] + [self.defaults]
+        return any(r.mtls is MTLS.REQUIRED and not r.public for r in reqs)
