@@ -1,0 +1,290 @@
+"""A development PKI: certificate authorities, server and client certificates.
+
+Used by the test suite, the pytest plugin, ``endpointsec pki`` and the demo. Every key
+is generated when it is needed; nothing here is meant for production.
+
+::
+
+    ca = CertificateAuthority.create()
+    server = ca.issue_server(hostnames=["localhost", "127.0.0.1"])
+    client = ca.issue_client(spiffe_id="spiffe://example.org/ns/shop/sa/orders")
+    client.write(tmp_path, "orders")   # orders.pem, orders.key, orders-chain.pem
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+__all__ = ["CertificateAuthority", "IssuedCertificate", "PrivateKey", "generate_key"]
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+
+_UTC = dt.UTC
+
+
+def generate_key(kind: str = "ec") -> PrivateKey:
+    """``"ec"`` (P-256), ``"rsa"`` (2048) or ``"ed25519"``."""
+    if kind == "ec":
+        return ec.generate_private_key(ec.SECP256R1())
+    if kind == "rsa":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if kind == "ed25519":
+        return ed25519.Ed25519PrivateKey.generate()
+    raise ValueError(f"unknown key kind {kind!r}")
+
+
+def _hash_for(key: PrivateKey) -> hashes.SHA256 | None:
+    return None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+
+
+def _key_pem(key: PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    """A certificate, its private key, and the intermediates between it and the root."""
+
+    certificate: x509.Certificate
+    key: PrivateKey = field(repr=False)
+    intermediates: tuple[x509.Certificate, ...] = ()
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.PEM)
+
+    @property
+    def key_pem(self) -> bytes:
+        return _key_pem(self.key)
+
+    @property
+    def der(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.DER)
+
+    @property
+    def chain_pem(self) -> bytes:
+        """Leaf then intermediates, as a server or client presents them."""
+        return self.cert_pem + b"".join(
+            c.public_bytes(serialization.Encoding.PEM) for c in self.intermediates
+        )
+
+    @property
+    def fingerprint_sha256(self) -> str:
+        return self.certificate.fingerprint(hashes.SHA256()).hex()
+
+    def write(self, directory: Path, name: str) -> tuple[Path, Path]:
+        """Write ``NAME.pem`` (leaf + intermediates) and ``NAME.key`` (mode 0600)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        cert_path = directory / f"{name}.pem"
+        key_path = directory / f"{name}.key"
+        cert_path.write_bytes(self.chain_pem)
+        key_path.touch(mode=0o600)
+        key_path.write_bytes(self.key_pem)
+        return cert_path, key_path
+
+
+@dataclass(frozen=True)
+class CertificateAuthority:
+    """A CA that issues certificates; root or intermediate."""
+
+    certificate: x509.Certificate
+    key: PrivateKey = field(repr=False)
+    #: Intermediates between this CA and the root (this CA's own cert first), if any.
+    path: tuple[x509.Certificate, ...] = ()
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        name: str = "endpointsec development CA",
+        key_kind: str = "ec",
+        not_before: dt.datetime | None = None,
+        not_after: dt.datetime | None = None,
+    ) -> CertificateAuthority:
+        key = generate_key(key_kind)
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = dt.datetime.now(_UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(not_before or now - dt.timedelta(hours=1))
+            .not_valid_after(not_after or now + dt.timedelta(days=365))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True, content_commitment=False, key_encipherment=False,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                    crl_sign=True, encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                           critical=False)
+            .sign(key, _hash_for(key))
+        )
+        return cls(certificate=cert, key=key)
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.PEM)
+
+    def write_bundle(self, path: Path) -> Path:
+        """Write this CA's certificate as a PEM trust bundle."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(self.cert_pem)
+        return path
+
+    def _builder(
+        self,
+        *,
+        subject: x509.Name,
+        public_key: object,
+        not_before: dt.datetime | None,
+        not_after: dt.datetime | None,
+    ) -> x509.CertificateBuilder:
+        now = dt.datetime.now(_UTC)
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.certificate.subject)
+            .public_key(public_key)  # type: ignore[arg-type]
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(not_before or now - dt.timedelta(minutes=5))
+            .not_valid_after(not_after or now + dt.timedelta(days=30))
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                    self.key.public_key()
+                ),
+                critical=False,
+            )
+        )
+
+    def intermediate(self, *, name: str = "endpointsec intermediate CA",
+                     key_kind: str = "ec") -> CertificateAuthority:
+        key = generate_key(key_kind)
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        cert = (
+            self._builder(subject=subject, public_key=key.public_key(), not_before=None,
+                          not_after=dt.datetime.now(_UTC) + dt.timedelta(days=180))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True, content_commitment=False, key_encipherment=False,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                    crl_sign=True, encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                           critical=False)
+            .sign(self.key, _hash_for(self.key))
+        )
+        return CertificateAuthority(certificate=cert, key=key, path=(cert, *self.path))
+
+    def issue(
+        self,
+        *,
+        common_name: str | None = None,
+        uris: Sequence[str] = (),
+        dns_names: Sequence[str] = (),
+        ip_addresses: Sequence[str] = (),
+        extended_key_usage: Iterable[x509.ObjectIdentifier] = (ExtendedKeyUsageOID.CLIENT_AUTH,),
+        is_ca: bool = False,
+        not_before: dt.datetime | None = None,
+        not_after: dt.datetime | None = None,
+        key_kind: str = "ec",
+        organizational_units: Sequence[str] = (),
+    ) -> IssuedCertificate:
+        """Issue a certificate with exactly the extensions asked for (for edge cases too)."""
+        key = generate_key(key_kind)
+        attrs = []
+        if common_name:
+            attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+        attrs.extend(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ou)
+                     for ou in organizational_units)
+        builder = self._builder(
+            subject=x509.Name(attrs), public_key=key.public_key(),
+            not_before=not_before, not_after=not_after,
+        )
+        sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uris]
+        sans += [x509.DNSName(d) for d in dns_names]
+        sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ip_addresses]
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans),
+                                            critical=not attrs)
+        eku = list(extended_key_usage)
+        if eku:
+            builder = builder.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
+        builder = builder.add_extension(
+            x509.BasicConstraints(ca=is_ca, path_length=None), critical=True
+        ).add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False,
+                key_encipherment=isinstance(key, rsa.RSAPrivateKey),
+                data_encipherment=False, key_agreement=False, key_cert_sign=is_ca,
+                crl_sign=False, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        cert = builder.sign(self.key, _hash_for(self.key))
+        return IssuedCertificate(certificate=cert, key=key, intermediates=self.path)
+
+    def issue_client(
+        self,
+        *,
+        spiffe_id: str | None = None,
+        common_name: str | None = None,
+        uris: Sequence[str] = (),
+        dns_names: Sequence[str] = (),
+        not_before: dt.datetime | None = None,
+        not_after: dt.datetime | None = None,
+        key_kind: str = "ec",
+        organizational_units: Sequence[str] = (),
+    ) -> IssuedCertificate:
+        """A client certificate (EKU clientAuth), optionally an X.509-SVID."""
+        all_uris = ([spiffe_id] if spiffe_id else []) + list(uris)
+        if common_name is None and not all_uris and not dns_names:
+            common_name = "endpointsec client"
+        return self.issue(
+            common_name=common_name, uris=all_uris, dns_names=dns_names,
+            not_before=not_before, not_after=not_after, key_kind=key_kind,
+            organizational_units=organizational_units,
+        )
+
+    def issue_server(
+        self,
+        *,
+        hostnames: Sequence[str] = ("localhost", "127.0.0.1"),
+        key_kind: str = "ec",
+    ) -> IssuedCertificate:
+        """A server certificate (EKU serverAuth) for the given names and addresses."""
+        dns: list[str] = []
+        ips: list[str] = []
+        for h in hostnames:
+            try:
+                ipaddress.ip_address(h)
+                ips.append(h)
+            except ValueError:
+                dns.append(h)
+        return self.issue(
+            common_name=hostnames[0] if hostnames else None,
+            dns_names=dns, ip_addresses=ips,
+            extended_key_usage=(ExtendedKeyUsageOID.SERVER_AUTH,),
+            key_kind=key_kind,
+        )
