@@ -63,6 +63,9 @@ class PresentedCertificate:
     upstream_verified: bool | None = None
     #: Extra facts the source is sure of (for example an XFCC ``Hash``), checked later.
     claimed_sha256: str | None = None
+    #: The chain was verified by a trusted proxy *and* the configuration says to rely on
+    #: that verification: the gatekeeper then identifies without re-verifying the chain.
+    trusted_upstream: bool = False
 
 
 @dataclass(frozen=True, slots=True)

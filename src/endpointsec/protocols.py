@@ -57,6 +57,11 @@ class ChainVerifier(Protocol):
 
     def verify(self, presented: PresentedCertificate) -> PeerIdentity: ...
 
+    def identify(self, presented: PresentedCertificate) -> PeerIdentity:
+        """Build the identity *without* chain verification (for a proxy whose own
+        verification is explicitly trusted); identity checks still apply."""
+        ...
+
 
 @runtime_checkable
 class TokenVerifier(Protocol):

@@ -15,3 +15,6 @@ class X509ChainVerifier:
 
     def verify(self, presented: PresentedCertificate) -> PeerIdentity:
         raise CertificateError("not implemented")
+
+    def identify(self, presented: PresentedCertificate) -> PeerIdentity:
+        raise CertificateError("not implemented")
