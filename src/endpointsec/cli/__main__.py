@@ -1,0 +1,5 @@
+import sys
+
+from endpointsec.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""pytest plugin. (Stub: owned by the testing work.)"""
