@@ -21,12 +21,13 @@ A policy (or route) in dry-run mode turns a 403 into an allowed decision marked
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 
 from endpointsec.errors import AuthenticationError, EndpointSecError, UpstreamError
-from endpointsec.facts import MTLS, Decision, Principal, RequestFacts, TokenUse
+from endpointsec.facts import MTLS, Decision, Principal, RequestFacts, Requirements, TokenUse
 from endpointsec.protocols import Policy
 
-__all__ = ["decide"]
+__all__ = ["decide", "decide_route"]
 
 _VALID_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
@@ -189,3 +190,21 @@ def decide(facts: RequestFacts, policy: Policy) -> Decision:
         matched_rule=result.matched_rule,
         subjects=result.subjects or subjects,
     )
+
+
+def decide_route(facts: RequestFacts, policy: Policy, route: Requirements | None) -> Decision:
+    """Decide with a route's own requirements composed onto the global ones.
+
+    A route rule only narrows: the request must pass the global requirements (from the
+    configuration) *and* the route's. The single exception is a route declared public,
+    which skips both. ``route`` is usually built with ``dataclasses.replace`` of the
+    global requirements, so that what the route does not mention is inherited.
+    """
+    if route is None:
+        return decide(facts, policy)
+    if route.public:
+        return decide(replace(facts, requirements=route), policy)
+    first = decide(facts, policy)
+    if not first.allowed or first.would_deny:
+        return first
+    return decide(replace(facts, requirements=route), policy)

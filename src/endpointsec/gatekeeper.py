@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from endpointsec.config import Config
-from endpointsec.core import decide
+from endpointsec.core import decide, decide_route
 from endpointsec.errors import (
     CertificateError,
     ConfigurationError,
@@ -121,6 +121,12 @@ class Gatekeeper:
 
     def decide(self, facts: RequestFacts) -> Decision:
         decision = decide(facts, self.policy)
+        _log(decision)
+        return decision
+
+    def decide_route(self, facts: RequestFacts, route: Requirements | None) -> Decision:
+        """Decide with a route's own (narrowing) requirements; see :func:`decide_route`."""
+        decision = decide_route(facts, self.policy, route)
         _log(decision)
         return decision
 

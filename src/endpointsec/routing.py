@@ -71,6 +71,14 @@ class RouteTable:
                 return route.requirements
         return self.defaults
 
+    def with_routes(
+        self, routes: Sequence[tuple[str, frozenset[str], Requirements]]
+    ) -> RouteTable:
+        """A new table with ``routes`` matched before this table's own routes."""
+        table = RouteTable(routes, defaults=self.defaults)
+        table._routes = table._routes + self._routes
+        return table
+
     @property
     def any_requires_mtls(self) -> bool:
         from endpointsec.facts import MTLS

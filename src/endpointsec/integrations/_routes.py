@@ -1,0 +1,60 @@
+"""Per-route requirements declared in code (decorators, dependencies), shared by the
+Flask and FastAPI adapters. They only record what the route asks; the core decides."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+from endpointsec.facts import MTLS, Requirements, TokenUse
+
+__all__ = ["RouteRule"]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRule:
+    """What a route declares; unspecified fields inherit the configured requirements."""
+
+    public: bool = False
+    roles: frozenset[str] = frozenset()
+    resource: str | None = None
+    action: str | None = None
+    mtls: MTLS | None = None
+    token: TokenUse | None = None
+    bound_token: bool | None = None
+
+    @classmethod
+    def make(
+        cls,
+        *,
+        public: bool = False,
+        roles: Iterable[str] = (),
+        resource: str | None = None,
+        action: str | None = None,
+        mtls: str | MTLS | None = None,
+        token: str | TokenUse | None = None,
+        bound_token: bool | None = None,
+    ) -> RouteRule:
+        return cls(
+            public=public,
+            roles=frozenset([roles] if isinstance(roles, str) else roles),
+            resource=resource,
+            action=action,
+            mtls=MTLS(mtls) if mtls is not None else None,
+            token=TokenUse(token) if token is not None else None,
+            bound_token=bound_token,
+        )
+
+    def apply(self, base: Requirements) -> Requirements:
+        """The route's requirements: ``base`` with what this rule specifies."""
+        if self.public:
+            return replace(base, public=True)
+        return replace(
+            base,
+            roles=self.roles or base.roles,
+            resource=self.resource if self.resource is not None else base.resource,
+            action=self.action if self.action is not None else base.action,
+            mtls=self.mtls if self.mtls is not None else base.mtls,
+            token=self.token if self.token is not None else base.token,
+            bound_token=self.bound_token if self.bound_token is not None else base.bound_token,
+        )
