@@ -140,6 +140,25 @@ class CertificateAuthority:
         )
         return cls(certificate=cert, key=key)
 
+    @classmethod
+    def load(cls, *, cert_path: Path, key_path: Path) -> CertificateAuthority:
+        """Load a CA written by :meth:`write`."""
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+                          | ed25519.Ed25519PrivateKey):
+            raise ValueError(f"unsupported CA key type in {key_path}")
+        return cls(certificate=cert, key=key)
+
+    def write(self, directory: Path, name: str = "ca") -> tuple[Path, Path]:
+        """Write ``NAME.pem`` (the CA certificate, a trust bundle) and ``NAME.key`` (0600)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
+        cert_path.write_bytes(self.cert_pem)
+        key_path.touch(mode=0o600)
+        key_path.write_bytes(_key_pem(self.key))
+        return cert_path, key_path
+
     @property
     def cert_pem(self) -> bytes:
         return self.certificate.public_bytes(serialization.Encoding.PEM)
