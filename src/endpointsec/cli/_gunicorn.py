@@ -1,0 +1,39 @@
+"""Run a WSGI app under gunicorn over mTLS, programmatically (``endpointsec serve``)."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any
+
+__all__ = ["run_gunicorn"]
+
+
+def run_gunicorn(app: Any, *, host: str, port: int, certfile: Path, keyfile: Path,
+                 client_ca: Path, cert_reqs: int = ssl.CERT_REQUIRED, workers: int = 1,
+                 threads: int = 4, log_level: str = "warning") -> int:
+    """Serve ``app`` with gunicorn's gthread worker; blocks until stopped."""
+    from gunicorn.app.base import BaseApplication
+
+    options = {
+        "bind": f"{host}:{port}",
+        "workers": workers,
+        "worker_class": "gthread",
+        "threads": threads,
+        "certfile": str(certfile),
+        "keyfile": str(keyfile),
+        "ca_certs": str(client_ca),
+        "cert_reqs": cert_reqs,
+        "loglevel": log_level,
+    }
+
+    class _App(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            return app
+
+    _App().run()
+    return 0
