@@ -352,8 +352,11 @@ def _wsgi_headers(environ: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
 
 
 def _log(decision: Decision) -> None:
-    if decision.allowed and not decision.would_deny:
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("endpointsec decision\n%s", decision.explain())
-        return
-    logger.info("endpointsec decision\n%s", decision.explain())
+    """The decision log: denials and dry-run "would deny" at INFO, allows at DEBUG.
+
+    Each record carries the :class:`Decision` as ``record.endpointsec_decision``.
+    """
+    level = logging.DEBUG if decision.allowed and not decision.would_deny else logging.INFO
+    if logger.isEnabledFor(level):
+        logger.log(level, "endpointsec decision\n%s", decision.explain(),
+                   extra={"endpointsec_decision": decision})
