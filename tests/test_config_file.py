@@ -92,5 +92,5 @@ def test_constructible_in_python() -> None:
 
     cfg = Config(identity=IdentityConfig(sources=("asgi-tls",)))
     assert cfg.identity.sources == ("asgi-tls",)
-    with pytest.raises(ConfigurationError, match="identity.sources"):
+    with pytest.raises(ConfigurationError, match=r"identity\.sources"):
         IdentityConfig(sources=("bogus",))
