@@ -116,7 +116,7 @@ def _serve(app: Any, *, port: int, pki: Path) -> Iterator[None]:
         app, host="127.0.0.1", port=port, log_level="error", lifespan="off",
         http=HttpToolsProtocol, ssl_certfile=str(pki / "server.pem"),
         ssl_keyfile=str(pki / "server.key"), ssl_ca_certs=str(pki / "ca.pem"),
-        ssl_cert_reqs=ssl.CERT_OPTIONAL,
+        ssl_cert_reqs=ssl.CERT_OPTIONAL, proxy_headers=False,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="endpointsec-demo-server", daemon=True)

@@ -106,6 +106,9 @@ def serve(app_spec: str, *, config_path: Path, app_dir: Path = Path("."),
             ssl_certfile=str(certfile), ssl_keyfile=str(keyfile),
             ssl_ca_certs=str(client_ca), ssl_cert_reqs=cert_reqs,
             workers=None, lifespan="auto",
+            # The app terminates TLS itself: never let X-Forwarded-For rewrite the peer
+            # address that [proxy] trust decisions are based on.
+            proxy_headers=False,
         )
         return 0
     from endpointsec.cli._gunicorn import run_gunicorn
