@@ -1,0 +1,206 @@
+"""``endpointsec check``: each kind of problem, and a clean configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from endpointsec.cli import main
+from endpointsec.cli.check import lint, sample_path
+
+ORDERS = "spiffe://example.org/ns/shop/sa/orders"
+IDP = "https://idp.example.com"
+
+CLEAN_POLICY = f"""\
+# the orders service reads orders; admins manage them, except the vault
+p, {ORDERS}, *, /orders/:id, GET, allow
+p, role:admin, *, /orders/*, *, allow
+p, role:admin, *, /orders/vault, *, deny
+g, {IDP}/alice, role:admin, *
+p, orders:read, *, orders, read, allow
+g, {ORDERS}, orders:read, *
+"""
+
+CLEAN_ROUTES = """
+[[routes]]
+path = "/health"
+public = true
+
+[[routes]]
+path = "/orders/{id}"
+methods = ["GET", "DELETE"]
+
+[[routes]]
+path = "/reports"
+resource = "orders"
+action = "read"
+"""
+
+
+def _project(tmp_path: Path, policy: str, routes: str = CLEAN_ROUTES,
+             extra: str = "") -> Path:
+    (tmp_path / "policy.csv").write_text(policy)
+    config = tmp_path / "endpointsec.toml"
+    config.write_text(f'[policy]\npolicy = "policy.csv"\n{extra}\n{routes}')
+    return config
+
+
+def test_clean_configuration_exits_0(tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    config = _project(tmp_path, CLEAN_POLICY)
+    assert main(["check", str(config)]) == 0
+    assert capsys.readouterr().out == f"check {config}\n  0 problems found\n"
+
+
+@pytest.mark.parametrize(
+    ("extra_rule", "routes", "expected"),
+    [
+        pytest.param(f"p, {ORDERS}, *, /orders/:id, GET, allow",
+                     CLEAN_ROUTES, "policy.csv:8: duplicate of line 2", id="duplicate"),
+        pytest.param("p, role:ops, *, /ops, get, allow", CLEAN_ROUTES,
+                     "action 'get' is not an upper-case HTTP method", id="lowercase-action"),
+        pytest.param("p, role:ops, *, ops/x, GET, allow", CLEAN_ROUTES,
+                     "object 'ops/x' is not a normalized path", id="relative-object"),
+        pytest.param("p, role:ops, *, /a/../b, GET, allow", CLEAN_ROUTES,
+                     "object '/a/../b' is not a normalized path", id="dot-dot-object"),
+        pytest.param("p, role:ops, *, /a//b, GET, allow", CLEAN_ROUTES,
+                     "object '/a//b' is not a normalized path", id="double-slash-object"),
+        pytest.param("p, alice, *, /orders/:id, GET, allow", CLEAN_ROUTES,
+                     "subject 'alice' is no caller's principal", id="bare-subject"),
+        pytest.param("p, role:ops, *, /ops, GET, maybe", CLEAN_ROUTES,
+                     "policy rule 5 has effect 'maybe'", id="bad-effect"),
+        pytest.param("p, role:admin, *, /orders/vault, GET, allow", CLEAN_ROUTES,
+                     "policy.csv:8: allow rule [p, role:admin, *, /orders/vault, GET, allow] "
+                     "is shadowed by deny rule [p, role:admin, *, /orders/vault, *, deny] "
+                     "(for example GET /orders/vault)", id="shadowed-allow"),
+        pytest.param(f"p, {IDP}/alice, *, /orders/:id, PUT, allow", CLEAN_ROUTES
+                     + '\n[[routes]]\npath = "/vault/{id}"\nmethods = ["GET"]\n',
+                     "routes[3]: route /vault/{id} has no rule allowing GET "
+                     "(for example /vault/_sample_): every request to it is denied",
+                     id="route-without-rule"),
+        pytest.param("g, alice, role:admin, *", CLEAN_ROUTES,
+                     "[g, alice, role:admin, *] can never apply: member 'alice'",
+                     id="g-member-not-a-principal"),
+        pytest.param("", CLEAN_ROUTES + '\n[[routes]]\npath = "/admin/*"\n',
+                     "route /admin/* has no rule allowing any method", id="any-method"),
+    ],
+)
+def test_each_problem_is_reported(tmp_path: Path, extra_rule: str, routes: str,
+                                  expected: str, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _project(tmp_path, CLEAN_POLICY + extra_rule + "\n", routes)
+    assert main(["check", str(config)]) == 1
+    out = capsys.readouterr().out
+    assert "  ERROR  " in out and expected in out, out
+    assert "  1 problem found" in out
+
+
+def test_partial_shadowing_is_not_a_problem(tmp_path: Path) -> None:
+    # /orders/* for admins with a carve-out for /orders/vault is the intended pattern.
+    problems, _ = lint(_project(tmp_path, CLEAN_POLICY))
+    assert problems == []
+
+
+@pytest.mark.parametrize(
+    ("config_text", "expected"),
+    [
+        pytest.param('[policy]\npolicy = "policy.csv"\npolcy = 1\n', "policy.polcy: unknown key",
+                     id="unknown-key"),
+        pytest.param('[policy]\npolicy = "nope.csv"\n', "policy.policy: file not found",
+                     id="missing-policy"),
+        pytest.param("[policy\n", "is not valid TOML", id="bad-toml"),
+        pytest.param("", "policy: no policy configured", id="no-policy"),
+    ],
+)
+def test_configuration_errors_are_problems(tmp_path: Path, config_text: str, expected: str,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "policy.csv").write_text(CLEAN_POLICY)
+    config = tmp_path / "endpointsec.toml"
+    config.write_text(config_text)
+    assert main(["check", str(config)]) == 1
+    out = capsys.readouterr().out
+    assert expected in out
+    assert "  1 problem found" in out
+
+
+def test_allow_authenticated_is_noted(tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "endpointsec.toml"
+    config.write_text("[policy]\nallow_authenticated = true\n")
+    assert main(["check", str(config)]) == 0
+    assert "note   [policy] allow_authenticated" in capsys.readouterr().out
+
+
+def test_custom_model_without_sub_obj_act_is_noted(tmp_path: Path) -> None:
+    (tmp_path / "model.conf").write_text(
+        "[request_definition]\nr = sub, obj, act\n\n[policy_definition]\np = sub, obj\n\n"
+        "[policy_effect]\ne = some(where (p.eft == allow))\n\n"
+        "[matchers]\nm = r.sub == p.sub && r.obj == p.obj\n")
+    config = _project(tmp_path, "p, a, /x\n", routes="", extra='model = "model.conf"')
+    problems, notes = lint(config)
+    assert problems == []
+    assert notes and "no sub/obj/act" in notes[0]
+
+
+@pytest.mark.parametrize(
+    ("template", "sample"),
+    [
+        ("/orders/{id}", "/orders/_sample_"),
+        ("/orders/:id/items", "/orders/_sample_/items"),
+        ("/reports/*", "/reports/_sample_"),
+        ("/files/*.txt", "/files/_sample_.txt"),
+        ("*", "/_sample_"),
+        ("/", "/"),
+    ],
+)
+def test_sample_path(template: str, sample: str) -> None:
+    assert sample_path(template) == sample
+
+
+def test_custom_model_skips_shape_checks_but_finds_shadowing(tmp_path: Path) -> None:
+    (tmp_path / "model.conf").write_text(
+        "[request_definition]\nr = sub, obj, act\n\n"
+        "[policy_definition]\np = sub, obj, act, eft\n\n"
+        "[policy_effect]\ne = some(where (p.eft == allow)) && !some(where (p.eft == deny))\n\n"
+        "[matchers]\nm = r.sub == p.sub && keyMatch2(r.obj, p.obj) && r.act == p.act\n")
+    config = _project(tmp_path, "p, role:a, /x/:id, GET, allow\np, role:a, /x/*, GET, deny\n",
+                      routes="", extra='model = "model.conf"')
+    problems, notes = lint(config)
+    assert [p.message for p in problems] == [
+        "allow rule [p, role:a, /x/:id, GET, allow] is shadowed by deny rule "
+        "[p, role:a, /x/*, GET, deny] (for example GET /x/_sample_)"]
+    assert "rule-shape checks skipped" in notes[0]
+
+
+def test_copy_of_the_default_model_gets_every_check(tmp_path: Path) -> None:
+    from endpointsec.policy.enforcer import DEFAULT_MODEL_PATH
+
+    (tmp_path / "model.conf").write_text(DEFAULT_MODEL_PATH.read_text())
+    config = _project(tmp_path, CLEAN_POLICY + "p, alice, *, /x, GET, allow\n",
+                      extra='model = "model.conf"')
+    problems, notes = lint(config)
+    assert notes == []
+    assert any("subject 'alice'" in p.message for p in problems)
+
+
+_segment = st.one_of(
+    st.from_regex(r"[a-z0-9_.-]{1,8}", fullmatch=True).filter(lambda s: s not in (".", "..")),
+    st.from_regex(r"\{[a-z_][a-z0-9_]{0,5}\}", fullmatch=True),
+    st.from_regex(r":[a-z_][a-z0-9_]{0,5}", fullmatch=True),
+)
+
+
+@given(st.lists(_segment, min_size=1, max_size=5), st.booleans())
+def test_sample_path_matches_both_template_kinds(segments: list[str], tail: bool) -> None:
+    """The example request for a template is matched by the route table's template and
+    by Casbin's keyMatch2 (the two places a template is used)."""
+    from casbin.util.builtin_operators import key_match2
+
+    from endpointsec.routing import compile_template
+
+    template = "/" + "/".join(segments) + ("/*" if tail else "")
+    sample = sample_path(template)
+    assert compile_template(template).match(sample)
+    assert key_match2(sample, template.replace("{", ":").replace("}", ""))
