@@ -228,8 +228,9 @@ class TokenIssuer:
         return None
 
     @contextmanager
-    def serve(self) -> Iterator[TokenIssuer]:
-        """Serve the JWKS and OIDC discovery on 127.0.0.1 (a free port) in a thread."""
+    def serve(self, *, port: int = 0) -> Iterator[TokenIssuer]:
+        """Serve the JWKS and OIDC discovery on 127.0.0.1 in a thread (``port`` 0: a
+        free port)."""
         if self._server is not None:
             raise ConfigurationError("the issuer is already serving")
         issuer = self
@@ -250,7 +251,7 @@ class TokenIssuer:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         server.daemon_threads = True
         server.timeout = 5
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
