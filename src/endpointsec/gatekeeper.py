@@ -117,6 +117,15 @@ class Gatekeeper:
             domain_header=getattr(config.policy, "domain_header", None),
         )
 
+    @classmethod
+    def resolve(cls, *, config: Config | None, gatekeeper: Gatekeeper | None) -> Gatekeeper:
+        """The gatekeeper an adapter uses: exactly one of ``config`` or ``gatekeeper``."""
+        if gatekeeper is not None and config is None:
+            return gatekeeper
+        if config is not None and gatekeeper is None:
+            return cls.from_config(config)
+        raise ConfigurationError("pass exactly one of config= or gatekeeper=")
+
     # -- decide -----------------------------------------------------------------------
 
     def decide(self, facts: RequestFacts) -> Decision:
@@ -140,6 +149,16 @@ class Gatekeeper:
             return None, exc, self.routes.defaults
         except EndpointSecError as exc:
             return None, PathError(str(exc)), self.routes.defaults
+        except Exception as exc:  # a normalizer bug is a 400, never a 500
+            return None, PathError(f"request path could not be normalized: "
+                                   f"{type(exc).__name__}"), self.routes.defaults
+        if "%2f" in path.lower():
+            # Starlette, FastAPI, Flask and werkzeug route on the *decoded* path, where
+            # %2F is a separator: a template or rule matching "one segment" here would
+            # match two segments in the app (advisory: encoded-slash confusion).
+            return None, PathError("request path contains an encoded slash (%2F) that "
+                                   "the application would decode into a separator"), \
+                self.routes.defaults
         return path, None, self.routes.match(method, path)
 
     def _peer(self, presented: Sequence[PresentedCertificate]) -> tuple[
@@ -175,13 +194,15 @@ class Gatekeeper:
             return self.token_reader.read(headers, query), None
         except EndpointSecError as exc:
             return None, exc
+        except Exception as exc:  # malformed headers: a failed token, never a 500
+            return None, TokenError(f"token could not be read: {type(exc).__name__}")
 
     def _domain(self, headers: Sequence[tuple[bytes, bytes]]) -> str | None:
         if self._domain_header is None:
             return None
         for name, value in headers:
-            if name.lower() == self._domain_header:
-                return value.decode("latin-1")
+            if isinstance(name, bytes) and name.lower() == self._domain_header:
+                return value.decode("latin-1") if isinstance(value, bytes) else None
         return None
 
     @staticmethod
@@ -237,12 +258,18 @@ class Gatekeeper:
         websocket = scope["type"] == "websocket"
         method = "GET" if websocket else str(scope.get("method", ""))
         raw = scope.get("raw_path")
-        raw_path = (raw.split(b"?", 1)[0].decode("latin-1") if isinstance(raw, bytes)
-                    else _quote_path(str(scope.get("path", ""))))
+        # A "#" in raw_path (h11 passes it through) is part of the app's path, not a
+        # fragment to cut: encode it so that the normalizer does not stop there.
+        raw_path = (raw.split(b"?", 1)[0].replace(b"#", b"%23").decode("latin-1")
+                    if isinstance(raw, bytes) else _quote_path(str(scope.get("path", ""))))
         route = self._route(method, raw_path)
+        headers = _asgi_headers(scope)
+        if headers is None:
+            headers = []
+            route = (None, PathError("scope['headers'] is not a list of byte pairs"),
+                     self.routes.defaults)
         presented, source_error = self._presented_asgi(scope)
         peer = (None, source_error) if source_error else self._peer(presented)
-        headers: list[tuple[bytes, bytes]] = list(scope.get("headers", ()))
         token_str, token_error = self._read_token(headers, scope.get("query_string", b""))
         token: RequestPrincipal | None = None
         if token_str is not None and self.token_verifier is not None:
@@ -285,7 +312,7 @@ class Gatekeeper:
         peer = (None, source_error) if source_error else self._peer(found)
         headers = _wsgi_headers(environ)
         token_str, token_error = self._read_token(
-            headers, str(environ.get("QUERY_STRING", "")).encode("latin-1"))
+            headers, str(environ.get("QUERY_STRING", "")).encode("latin-1", "replace"))
         token: RequestPrincipal | None = None
         if token_str is not None and self.token_verifier is not None:
             try:
@@ -324,10 +351,31 @@ class Gatekeeper:
         )
 
 
-def _quote_path(path: str) -> str:
+def _quote_path(path: str | bytes) -> str:
+    # ``path`` is already decoded: a "%" in it is a literal percent sign and must be
+    # quoted, or "%2e%2e" sent as "%252e%252e" would be decoded a second time. Lone
+    # surrogates are passed through as (invalid UTF-8) bytes for the normalizer to refuse.
     from urllib.parse import quote
 
-    return quote(path, safe="/:@!$&'()*+,;=-._~%")
+    safe = "/:@!$&'()*+,;=-._~"
+    if isinstance(path, bytes):
+        return quote(path, safe=safe)
+    return quote(path, safe=safe, errors="surrogatepass")
+
+
+def _asgi_headers(scope: Mapping[str, Any]) -> list[tuple[bytes, bytes]] | None:
+    headers = scope.get("headers")
+    if headers is None:
+        return []
+    try:
+        out = list(headers)
+    except TypeError:
+        return None
+    for item in out:
+        if (not isinstance(item, tuple | list) or len(item) != 2
+                or not isinstance(item[0], bytes) or not isinstance(item[1], bytes)):
+            return None
+    return out
 
 
 def _wsgi_raw_path(environ: Mapping[str, Any]) -> str:
@@ -337,17 +385,22 @@ def _wsgi_raw_path(environ: Mapping[str, Any]) -> str:
         return uri.split("?", 1)[0].split("#", 1)[0]
     script = str(environ.get("SCRIPT_NAME", ""))
     path = str(environ.get("PATH_INFO", ""))
-    # PEP 3333: PATH_INFO is latin-1 decoded bytes; re-encode then quote.
-    raw = (script + path).encode("latin-1").decode("utf-8", "surrogateescape")
+    # PEP 3333: PATH_INFO is latin-1 decoded bytes; re-encode then quote (the bytes, so
+    # that non-UTF-8 reaches the normalizer as percent-escapes, which it refuses).
+    try:
+        raw = (script + path).encode("latin-1")
+    except UnicodeEncodeError:  # not PEP 3333: characters above U+00FF
+        raw = (script + path).encode("utf-8", "surrogatepass")
     return _quote_path(raw) if raw else "/"
 
 
 def _wsgi_headers(environ: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
     out: list[tuple[bytes, bytes]] = []
     for key, value in environ.items():
-        if key.startswith("HTTP_") and isinstance(value, str):
-            name = key[5:].replace("_", "-").lower().encode("latin-1")
-            out.append((name, value.encode("latin-1")))
+        if isinstance(key, str) and key.startswith("HTTP_") and isinstance(value, str):
+            # PEP 3333 values are latin-1; anything else is replaced, never a crash.
+            name = key[5:].replace("_", "-").lower().encode("latin-1", "replace")
+            out.append((name, value.encode("latin-1", "replace")))
     return out
 
 

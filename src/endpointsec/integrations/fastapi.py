@@ -37,7 +37,6 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
 from endpointsec.config import Config
-from endpointsec.errors import ConfigurationError
 from endpointsec.facts import MTLS, Decision, Principal, Requirements, TokenUse
 from endpointsec.gatekeeper import Gatekeeper, SecurityContext
 from endpointsec.integrations._routes import RouteRule
@@ -95,11 +94,7 @@ class EndpointSec:
 
     def __init__(self, *, config: Config | None = None,
                  gatekeeper: Gatekeeper | None = None) -> None:
-        if (config is None) == (gatekeeper is None):
-            raise ConfigurationError("pass exactly one of config= or gatekeeper=")
-        self.gatekeeper = gatekeeper if gatekeeper is not None else Gatekeeper.from_config(
-            cast(Config, config)
-        )
+        self.gatekeeper = Gatekeeper.resolve(config=config, gatekeeper=gatekeeper)
         self._bearer = self.gatekeeper.token_verifier is not None
         self._bearer_scheme = HTTPBearer(auto_error=False, scheme_name="bearer")
         self._routes_resolved = False

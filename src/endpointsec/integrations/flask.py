@@ -27,7 +27,6 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.local import LocalProxy
 
 from endpointsec.config import Config
-from endpointsec.errors import ConfigurationError
 from endpointsec.facts import MTLS, Principal, TokenUse
 from endpointsec.gatekeeper import Gatekeeper, SecurityContext
 from endpointsec.integrations._routes import RouteRule
@@ -93,11 +92,7 @@ class EndpointSec:
         config: Config | None = None,
         gatekeeper: Gatekeeper | None = None,
     ) -> None:
-        if (config is None) == (gatekeeper is None):
-            raise ConfigurationError("pass exactly one of config= or gatekeeper=")
-        self.gatekeeper = gatekeeper if gatekeeper is not None else Gatekeeper.from_config(
-            cast(Config, config)
-        )
+        self.gatekeeper = Gatekeeper.resolve(config=config, gatekeeper=gatekeeper)
         self._bearer = self.gatekeeper.token_verifier is not None
         if app is not None:
             self.init_app(app)

@@ -33,14 +33,8 @@ class WSGIMiddleware:
         config: Config | None = None,
         gatekeeper: Gatekeeper | None = None,
     ) -> None:
-        if (config is None) == (gatekeeper is None):
-            from endpointsec.errors import ConfigurationError
-
-            raise ConfigurationError("pass exactly one of config= or gatekeeper=")
         self.app = app
-        self.gatekeeper = gatekeeper if gatekeeper is not None else Gatekeeper.from_config(
-            config  # type: ignore[arg-type]
-        )
+        self.gatekeeper = Gatekeeper.resolve(config=config, gatekeeper=gatekeeper)
         self._bearer = self.gatekeeper.token_verifier is not None
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
