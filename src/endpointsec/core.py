@@ -147,6 +147,15 @@ def decide(facts: RequestFacts, policy: Policy) -> Decision:
         result = policy.evaluate(
             subjects=subjects, resource=resource, action=action, domain=facts.domain
         )
+        if result.allowed and action == "HEAD" and req.action is None:
+            # Starlette and Flask answer HEAD with the GET handler: a rule that denies
+            # GET denies HEAD too (advisory: HEAD walking around a GET deny rule).
+            as_get = policy.evaluate(
+                subjects=subjects, resource=resource, action="GET", domain=facts.domain
+            )
+            if not as_get.allowed and as_get.matched_rule is not None:
+                result = replace(as_get, reason="HEAD runs the GET handler, and a rule "
+                                 f"denies GET: {as_get.reason or 'denied'}")
     except Exception as exc:  # an enforcer error is a deny, never a 500
         return Decision(
             allowed=False, status=403,
@@ -168,9 +177,11 @@ def decide(facts: RequestFacts, policy: Policy) -> Decision:
         )
 
     # 6. Route-level roles narrow what the policy allowed.
-    if req.roles and not req.roles.intersection(
-        set(subjects) | policy.roles_for(subjects=subjects, domain=facts.domain)
-    ):
+    try:
+        held = set(subjects) | policy.roles_for(subjects=subjects, domain=facts.domain)
+    except Exception:  # a role lookup error holds no role (a deny), never a 500
+        held = set(subjects)
+    if req.roles and not req.roles.intersection(held):
         reason = f"route requires one of {sorted(req.roles)}; caller holds {list(subjects)}"
         return Decision(
             allowed=dry_run, status=200 if dry_run else 403, reason=reason,

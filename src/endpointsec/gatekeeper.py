@@ -126,6 +126,21 @@ class Gatekeeper:
             return cls.from_config(config)
         raise ConfigurationError("pass exactly one of config= or gatekeeper=")
 
+    def start(self) -> None:
+        """Begin background work that makes the first requests fast (fetching remote key
+        sets). Never raises, never blocks; called on ASGI lifespan startup."""
+        prefetch = getattr(self.token_verifier, "prefetch", None)
+        if callable(prefetch):
+            prefetch()
+
+    def close(self) -> None:
+        """Stop background work: the key-fetch thread and policy file watchers.
+        Idempotent; called on ASGI lifespan shutdown."""
+        for component in (self.token_verifier, self.policy):
+            close = getattr(component, "close", None)
+            if callable(close):
+                close()
+
     # -- decide -----------------------------------------------------------------------
 
     def decide(self, facts: RequestFacts) -> Decision:
@@ -160,6 +175,22 @@ class Gatekeeper:
                                    "the application would decode into a separator"), \
                 self.routes.defaults
         return path, None, self.routes.match(method, path)
+
+    def _wire_route(self, method: str, raw_path: str) -> tuple[
+        str | None, PathError | None, Requirements
+    ]:
+        """:meth:`_route` for a path as received: also refuses what the app would read
+        differently from the normalized path (advisory: normalization confusion)."""
+        error = _divergent_path(raw_path)
+        if error is not None:
+            return None, error, self.routes.defaults
+        route = self._route(method, raw_path)
+        if route[0] is not None and "//" in raw_path and "//" not in route[0]:
+            # merge_slashes: "//" would be checked as "/", but the app routes "//"
+            # (a private "/{p:path}" ran for "//" when "/" was public).
+            return None, PathError("request path contains an empty segment ('//') that "
+                                   "the application would not merge"), self.routes.defaults
+        return route
 
     def _peer(self, presented: Sequence[PresentedCertificate]) -> tuple[
         PeerIdentity | None, EndpointSecError | None
@@ -262,7 +293,7 @@ class Gatekeeper:
         # fragment to cut: encode it so that the normalizer does not stop there.
         raw_path = (raw.split(b"?", 1)[0].replace(b"#", b"%23").decode("latin-1")
                     if isinstance(raw, bytes) else _quote_path(str(scope.get("path", ""))))
-        route = self._route(method, raw_path)
+        route = self._wire_route(method, raw_path)
         headers = _asgi_headers(scope)
         if headers is None:
             headers = []
@@ -294,7 +325,7 @@ class Gatekeeper:
     def gather_wsgi(self, environ: Environ) -> RequestFacts:
         method = str(environ.get("REQUEST_METHOD", ""))
         raw_path = _wsgi_raw_path(environ)
-        route = self._route(method, raw_path)
+        route = self._wire_route(method, raw_path)
         found: list[PresentedCertificate] = []
         source_error: EndpointSecError | None = None
         for source in self.sources:
@@ -361,6 +392,25 @@ def _quote_path(path: str | bytes) -> str:
     if isinstance(path, bytes):
         return quote(path, safe=safe)
     return quote(path, safe=safe, errors="surrogatepass")
+
+
+def _divergent_path(raw_path: str) -> PathError | None:
+    """A wire path whose normalized form is not what the application will route on.
+
+    Starlette, FastAPI, Flask and werkzeug route on the percent-decoded path *without*
+    resolving dot segments and treat a backslash as an ordinary character. The
+    normalizer resolves ``..`` and turns ``\\`` into ``/``, so ``/admin/../healthz``
+    would be checked as the public ``/healthz`` while the app runs its
+    ``/admin/{rest:path}`` handler. Conforming clients never send either form.
+    """
+    path = raw_path.split("?", 1)[0]
+    if "\\" in path:
+        return PathError("request path contains a backslash")
+    if "." in path or "%2" in path:
+        dotted = path.replace("%2e", ".").replace("%2E", ".")
+        if any(seg in (".", "..") for seg in dotted.split("/")):
+            return PathError("request path contains a dot segment ('.' or '..')")
+    return None
 
 
 def _asgi_headers(scope: Mapping[str, Any]) -> list[tuple[bytes, bytes]] | None:

@@ -65,7 +65,10 @@ class RouteTable:
 
     def match(self, method: str, path: str) -> Requirements:
         for route in self._routes:
-            if route.methods and method not in route.methods:
+            if route.methods and method not in route.methods and not (
+                # HEAD is served by the GET handler: a GET route's rules apply to it.
+                method == "HEAD" and "GET" in route.methods
+            ):
                 continue
             if route.pattern.match(path):
                 return route.requirements

@@ -141,3 +141,37 @@ def test_requires_exactly_one_of_config_or_gatekeeper(gatekeeper: Gatekeeper) ->
 def test_problem_body_is_json(gatekeeper: Gatekeeper) -> None:
     r = make_client(gatekeeper).get("/admin", headers={"x-test-cert": "orders"})
     assert json.loads(r.content)["title"] == "Forbidden"
+
+
+@pytest.mark.anyio
+async def test_lifespan_starts_and_closes_the_gatekeeper(gatekeeper: Gatekeeper) -> None:
+    events: list[str] = []
+
+    class Verifier:
+        def prefetch(self) -> None:
+            events.append("prefetch")
+
+        def close(self) -> None:
+            events.append("close")
+
+    gatekeeper.token_verifier = Verifier()  # type: ignore[assignment]
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "lifespan.startup.complete"})
+        events.append("running")
+        await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+
+    messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+    sent: list[str] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message["type"])
+
+    await ASGIMiddleware(app, gatekeeper=gatekeeper)({"type": "lifespan"}, receive, send)
+    assert events == ["prefetch", "running", "close"]
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]

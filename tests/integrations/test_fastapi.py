@@ -74,3 +74,25 @@ def test_openapi_has_mutual_tls(gatekeeper: Gatekeeper) -> None:
     assert schema["components"]["securitySchemes"]["mutualTLS"]["type"] == "mutualTLS"
     assert {"mutualTLS": []} in schema["paths"]["/orders"]["get"]["security"]
     assert schema["paths"]["/open/{name}"]["get"]["security"] == []
+
+
+
+def test_dependency_refusal_keeps_every_challenge(gatekeeper: Gatekeeper) -> None:
+    """A refusal raised in a route keeps both the MutualTLS and the Bearer challenge."""
+    from endpointsec import Decision
+    from endpointsec.integrations.fastapi import Refused
+
+    sec = EndpointSec(gatekeeper=gatekeeper)
+    app = FastAPI()
+    sec.install(app)
+
+    @app.get("/orders")
+    async def orders() -> None:
+        raise Refused(Decision(allowed=False, status=401, reason="r", challenge="mTLS"),
+                      bearer=True)
+
+    r = TestClient(app).get("/orders", headers={"x-test-cert": "orders"})
+    assert r.status_code == 401
+    assert r.headers.get_list("www-authenticate") == [
+        'MutualTLS realm="endpointsec"', 'Bearer realm="endpointsec"']
+    assert r.headers["content-type"] == "application/problem+json"

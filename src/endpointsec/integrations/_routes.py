@@ -51,6 +51,10 @@ class RouteRule:
             return replace(base, public=True)
         return replace(
             base,
+            # A route that asks for something is not public, even where the configured
+            # requirements are (advisory: a [[routes]] public entry switching off the
+            # checks a view declared with @require / sec.require).
+            public=False,
             roles=self.roles or base.roles,
             resource=self.resource if self.resource is not None else base.resource,
             action=self.action if self.action is not None else base.action,

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from endpointsec.config import Config
+from endpointsec.facts import RequestFacts
 from endpointsec.gatekeeper import Gatekeeper, SecurityContext
 from endpointsec.integrations.responses import error_response
 
@@ -43,10 +44,13 @@ class ASGIMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
+            if scope["type"] == "lifespan":
+                await self.app(scope, receive, self._lifespan_send(send))
+            else:
+                await self.app(scope, receive, send)
             return
         gk = self.gatekeeper
-        facts = await gk.gather_asgi(scope)
+        facts = self._route_facts(scope, await gk.gather_asgi(scope))
         decision = gk.decide(facts)
         if not decision.allowed:
             if scope["type"] == "websocket":
@@ -59,6 +63,24 @@ class ASGIMiddleware:
             principal=decision.principal, decision=decision, facts=facts
         )
         await self.app(scope, receive, send)
+
+    def _lifespan_send(self, send: Send) -> Send:
+        """Start fetching key sets once the app has started; release the gatekeeper's
+        background work (key fetching, file watching) when it has shut down."""
+        gk = self.gatekeeper
+
+        async def lifespan_send(message: Message) -> None:
+            if message.get("type") == "lifespan.startup.complete":
+                gk.start()
+            elif message.get("type") == "lifespan.shutdown.complete":
+                gk.close()
+            await send(message)
+
+        return lifespan_send
+
+    def _route_facts(self, scope: Scope, facts: RequestFacts) -> RequestFacts:
+        """Hook for framework adapters that know the app's own route (FastAPI)."""
+        return facts
 
     async def _refuse_http(self, send: Send, decision: Any) -> None:
         resp = error_response(decision, bearer=self._bearer)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
 from typing import Any, TypeVar, cast
 
 from fastapi import FastAPI, Request, Security
@@ -37,7 +38,7 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
 from endpointsec.config import Config
-from endpointsec.facts import MTLS, Decision, Principal, Requirements, TokenUse
+from endpointsec.facts import MTLS, Decision, Principal, RequestFacts, TokenUse
 from endpointsec.gatekeeper import Gatekeeper, SecurityContext
 from endpointsec.integrations._routes import RouteRule
 from endpointsec.integrations.asgi import ASGIMiddleware
@@ -77,7 +78,14 @@ def _template(path: str) -> str:
 
 
 class _Middleware(ASGIMiddleware):
-    """The ASGI middleware, plus the public routes declared with ``@sec.public``."""
+    """The ASGI middleware, plus the public routes declared with ``@sec.public``.
+
+    A route is public only when it is the route Starlette itself will run for the
+    request (its first full match), not when a template translated from its path
+    matches: ``{id:int}``, ``{p:path}`` and route order have no exact template form,
+    and an over-broad template made private routes public (advisory: FastAPI public
+    route templates).
+    """
 
     def __init__(self, app: Any, *, gatekeeper: Gatekeeper, owner: EndpointSec) -> None:
         super().__init__(app, gatekeeper=gatekeeper)
@@ -87,6 +95,12 @@ class _Middleware(ASGIMiddleware):
         if not self._owner._routes_resolved and scope["type"] in ("http", "websocket"):
             self._owner._resolve_public_routes(scope.get("app"))
         await super().__call__(scope, receive, send)
+
+    def _route_facts(self, scope: Any, facts: RequestFacts) -> RequestFacts:
+        rule = self._owner._public_rule(scope) if self._owner._has_public else None
+        if rule is None:
+            return facts
+        return replace(facts, requirements=rule.apply(facts.requirements))
 
 
 class EndpointSec:
@@ -98,6 +112,8 @@ class EndpointSec:
         self._bearer = self.gatekeeper.token_verifier is not None
         self._bearer_scheme = HTTPBearer(auto_error=False, scheme_name="bearer")
         self._routes_resolved = False
+        self._has_public = False
+        self._app_routes: tuple[Any, ...] = ()
 
     # -- installation -----------------------------------------------------------------
 
@@ -107,7 +123,10 @@ class EndpointSec:
 
         async def handler(request: Request, exc: Exception) -> Response:
             resp = cast(Refused, exc).response
-            return Response(resp.body, status_code=resp.status, headers=dict(resp.headers))
+            response = Response(resp.body, status_code=resp.status)
+            # Set raw headers: a 401 may carry several WWW-Authenticate challenges.
+            response.raw_headers = [(k.encode(), v.encode()) for k, v in resp.headers]
+            return response
 
         app.add_exception_handler(Refused, handler)
         original = app.openapi
@@ -123,15 +142,25 @@ class EndpointSec:
 
     def _resolve_public_routes(self, app: Any) -> None:
         self._routes_resolved = True
-        entries: list[tuple[str, frozenset[str], Requirements]] = []
-        for route in getattr(app, "routes", ()):
-            rule = getattr(getattr(route, "endpoint", None), _ATTR, None)
-            if isinstance(rule, RouteRule) and rule.public:
-                methods = frozenset(getattr(route, "methods", None) or ())
-                entries.append((_template(route.path), methods,
-                                rule.apply(self.gatekeeper.routes.defaults)))
-        if entries:
-            self.gatekeeper.routes = self.gatekeeper.routes.with_routes(entries)
+        self._app_routes = tuple(getattr(app, "routes", ()))
+        self._has_public = any(
+            getattr(getattr(r, "endpoint", None), _ATTR, RouteRule()).public
+            for r in self._app_routes
+        )
+
+    def _public_rule(self, scope: Any) -> RouteRule | None:
+        """The ``@sec.public`` rule of the route Starlette will run, if it is public."""
+        from starlette.routing import Match
+
+        try:
+            for route in self._app_routes:
+                match, _ = route.matches(scope)
+                if match is Match.FULL:
+                    rule = getattr(getattr(route, "endpoint", None), _ATTR, None)
+                    return rule if isinstance(rule, RouteRule) and rule.public else None
+        except Exception:  # an odd scope: not public (fail closed)
+            return None
+        return None
 
     def _add_mtls_scheme(self, app: FastAPI, schema: dict[str, Any]) -> None:
         components = schema.setdefault("components", {})

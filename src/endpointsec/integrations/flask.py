@@ -99,7 +99,13 @@ class EndpointSec:
 
     def init_app(self, app: Flask) -> None:
         app.extensions[_EXT] = self
-        app.before_request(self._check)
+        # First in preprocess_request: before every URL value preprocessor and every
+        # before_request function, whenever they were registered (one returning a
+        # response would otherwise skip the check).
+        app.url_value_preprocessors.setdefault(None, []).insert(0, self._preprocess)
+
+    def _preprocess(self, endpoint: str | None, values: dict[str, Any] | None) -> None:
+        self._check()
 
     def _check(self) -> None:
         gk = self.gatekeeper

@@ -1,0 +1,1116 @@
+"""Attacks on endpointsec end to end, one named test per attack class (in the spirit of
+pyjwt's ``tests/test_advisory.py``).
+
+Every test goes through the real middleware or framework integration, with a
+:class:`Gatekeeper` built from a real configuration: certificates from
+:mod:`endpointsec.testing.pki` (delivered through the ASGI TLS extension or the WSGI
+``SSL_CLIENT_CERT`` key), a Casbin policy file with the shipped model and tokens from
+:class:`endpointsec.testing.tokens.TokenIssuer`. Each asserts the fail-closed result:
+a refusal (400/401/403, or 503 for key-set trouble), never a 500, never an allow, and
+the app never runs.
+
+Tests named ``test_advisory_*`` are regressions for a vulnerability that was found and
+fixed; ``test_attack_*`` pin behaviour that was already fail-closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator, MutableMapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import pytest
+from fastapi import FastAPI
+from flask import Flask, request
+from starlette.testclient import TestClient, WebSocketDenialResponse
+from starlette.websockets import WebSocket
+from werkzeug.test import Client
+
+from endpointsec.config import Config
+from endpointsec.facts import PolicyResult, PresentedCertificate, RequestPrincipal
+from endpointsec.gatekeeper import Gatekeeper
+from endpointsec.integrations.asgi import ASGIMiddleware
+from endpointsec.integrations.fastapi import EndpointSec as FastAPISec
+from endpointsec.integrations.flask import EndpointSec as FlaskSec
+from endpointsec.integrations.flask import public as flask_public
+from endpointsec.integrations.flask import require as flask_require
+from endpointsec.integrations.responses import _BODIES
+from endpointsec.integrations.wsgi import WSGIMiddleware
+from endpointsec.testing.pki import CertificateAuthority, IssuedCertificate
+from endpointsec.testing.tokens import TokenIssuer
+
+Scope = MutableMapping[str, Any]
+
+ALICE = "spiffe://test.local/alice"
+ADMIN = "spiffe://test.local/admin-console"
+
+POLICY = f"""\
+p, {ALICE}, *, /files/*, GET, allow
+p, {ALICE}, *, /files/secret/*, *, deny
+p, {ALICE}, *, /orders, GET, allow
+p, {ALICE}, *, /orders/:id, GET, allow
+p, {ALICE}, *, /admin/*, *, allow
+p, {ALICE}, *, /reports/*, *, allow
+p, {ALICE}, *, /reports/export, GET, deny
+p, {ALICE}, *, /items/*, *, allow
+p, role:admin, *, /admin/*, *, allow
+p, role:admin, *, /items/*, *, allow
+g, {ADMIN}, role:admin, *
+"""
+
+
+# -- the world: PKI, issuer, configuration ---------------------------------------------
+
+
+@dataclass
+class World:
+    directory: Path
+    ca: CertificateAuthority
+    alice: IssuedCertificate
+    admin: IssuedCertificate
+    rogue: IssuedCertificate
+    issuer: TokenIssuer
+    tables: dict[str, Any] = field(default_factory=dict)
+
+    def config(self, *, sources: list[str], **overrides: Any) -> Config:
+        data: dict[str, Any] = {
+            "identity": {"sources": sources, "trust_bundles": ["ca.pem"]},
+            "tokens": {"issuers": [{
+                "issuer": self.issuer.issuer,
+                "audiences": [self.issuer.audience],
+                "algorithms": [self.issuer.algorithm],
+                "public_key": "issuer.pem",
+            }]},
+            "policy": {"policy": "policy.csv"},
+            "defaults": {"mtls": "required", "token": "optional"},
+            "routes": [
+                {"path": "/", "public": True},
+                {"path": "/healthz", "public": True},
+                {"path": "/pub/{name}", "public": True},
+                {"path": "/admin/*", "methods": ["GET"], "roles": ["role:admin"]},
+            ],
+        }
+        data.update(overrides)
+        return Config.from_mapping(data, base_dir=self.directory)
+
+    def gatekeeper(self, *, sources: list[str], **overrides: Any) -> Gatekeeper:
+        return Gatekeeper.from_config(self.config(sources=sources, **overrides))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    d = tmp_path_factory.mktemp("advisory")
+    ca = CertificateAuthority.create()
+    ca.write_bundle(d / "ca.pem")
+    issuer = TokenIssuer()
+    (d / "issuer.pem").write_bytes(issuer.public_key_pem)
+    (d / "policy.csv").write_text(POLICY)
+    (d / "tenants.csv").write_text(f"""\
+p, role:admin, tenant-a, /admin/*, *, allow
+g, {ALICE}, role:admin, tenant-a
+""")
+    rogue_ca = CertificateAuthority.create(name="rogue")
+    return World(
+        directory=d, ca=ca,
+        alice=ca.issue_client(spiffe_id=ALICE),
+        admin=ca.issue_client(spiffe_id=ADMIN),
+        rogue=rogue_ca.issue_client(spiffe_id=ADMIN),
+        issuer=issuer,
+    )
+
+
+# -- a recording app and raw drivers ----------------------------------------------------
+
+
+class Recorder:
+    """An ASGI and WSGI app that records that it ran."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def asgi(self, scope: Scope, receive: Any, send: Any) -> None:
+        self.calls.append(str(scope.get("path")))
+        if scope["type"] == "websocket":
+            await receive()
+            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.close", "code": 1000})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"app ran"})
+
+    def wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        self.calls.append(str(environ.get("PATH_INFO")))
+        start_response("200 OK", [("content-type", "text/plain")])
+        return [b"app ran"]
+
+
+@dataclass
+class Result:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    app_ran: bool
+
+
+def http_scope(raw_path: bytes | None = b"/", *, method: str = "GET",
+               cert: IssuedCertificate | None = None,
+               headers: list[tuple[bytes, bytes]] | None = None, **extra: Any) -> Scope:
+    """A scope as uvicorn builds it: ``path`` is ``raw_path`` percent-decoded."""
+    scope: Scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+        "method": method, "scheme": "https", "query_string": b"",
+        "headers": headers if headers is not None else [(b"host", b"testserver")],
+        "client": ("203.0.113.9", 50000), "server": ("127.0.0.1", 8443),
+        "root_path": "",
+    }
+    if raw_path is not None:
+        scope["raw_path"] = raw_path
+        scope["path"] = unquote(raw_path.decode("latin-1"))
+    if cert is not None:
+        scope["extensions"] = {"tls": {"client_cert_chain": [cert.cert_pem.decode()],
+                                       "client_cert_error": None}}
+    scope.update(extra)
+    return scope
+
+
+def run_asgi(app: Any, scope: Scope, recorder: Recorder) -> Result:
+    recorder.calls.clear()
+    sent: list[MutableMapping[str, Any]] = []
+    messages = [{"type": "websocket.connect"} if scope.get("type") == "websocket"
+                else {"type": "http.request", "body": b"", "more_body": False}]
+
+    async def receive() -> MutableMapping[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"].endswith("response.start")
+                 or m["type"] in ("websocket.close", "websocket.accept"))
+    status = int(start.get("status", start.get("code", 0)))
+    headers = {k.decode(): v.decode() for k, v in start.get("headers", [])}
+    body = b"".join(m.get("body", b"") for m in sent if m["type"].endswith("response.body"))
+    return Result(status=status, headers=headers, body=body, app_ran=bool(recorder.calls))
+
+
+def assert_refused(result: Result, status: int) -> None:
+    assert result.status == status, (result.status, result.body)
+    assert not result.app_ran
+    assert result.body == _BODIES[status]
+    assert result.headers["content-type"] == "application/problem+json"
+
+
+@pytest.fixture
+def asgi(world: World) -> tuple[ASGIMiddleware, Recorder]:
+    rec = Recorder()
+    return ASGIMiddleware(rec.asgi, gatekeeper=world.gatekeeper(sources=["asgi-tls"])), rec
+
+
+@pytest.fixture
+def wsgi(world: World) -> tuple[Client, Recorder]:
+    rec = Recorder()
+    mw = WSGIMiddleware(rec.wsgi, gatekeeper=world.gatekeeper(sources=["wsgi-environ"]))
+    return Client(mw), rec
+
+
+def wsgi_get(client: Client, rec: Recorder, path: str, *, method: str = "GET",
+             cert: IssuedCertificate | None = None, **kwargs: Any) -> Result:
+    rec.calls.clear()
+    overrides = kwargs.pop("environ_overrides", {})
+    if cert is not None:
+        overrides["SSL_CLIENT_CERT"] = cert.cert_pem.decode()
+    r = client.open(path, method=method, environ_overrides=overrides, **kwargs)
+    return Result(status=r.status_code, headers=dict(r.headers), body=r.get_data(),
+                  app_ran=bool(rec.calls))
+
+
+# -- sanity: the world works -------------------------------------------------------------
+
+
+def test_baseline_allows_what_the_policy_allows(asgi: tuple[ASGIMiddleware, Recorder],
+                                                wsgi: tuple[Client, Recorder],
+                                                world: World) -> None:
+    mw, rec = asgi
+    assert run_asgi(mw, http_scope(b"/files/report", cert=world.alice), rec).status == 200
+    assert_refused(run_asgi(mw, http_scope(b"/files/secret/x", cert=world.alice), rec), 403)
+    assert_refused(run_asgi(mw, http_scope(b"/files/report"), rec), 401)
+    client, wrec = wsgi
+    assert wsgi_get(client, wrec, "/files/report", cert=world.alice).status == 200
+    assert_refused(wsgi_get(client, wrec, "/files/secret/x", cert=world.alice), 403)
+
+
+# -- path tricks -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", [
+    pytest.param(b"/files/secret%2Fkeys", id="deny-rule-walked-around"),
+    pytest.param(b"/files/secret%2fkeys", id="lower-case-escape"),
+    pytest.param(b"/pub/a%2Fadmin", id="public-template-one-segment"),
+    pytest.param(b"/orders/1%2Frefund", id="allow-template-one-segment"),
+])
+def test_advisory_encoded_slash_confusion(asgi: tuple[ASGIMiddleware, Recorder],
+                                          wsgi: tuple[Client, Recorder], world: World,
+                                          raw: bytes) -> None:
+    """%2F stayed one segment for routes and policy while Starlette/Flask route on the
+    decoded path, where it is a separator: ``/files/secret%2Fkeys`` matched the
+    ``/files/*`` allow but not the ``/files/secret/*`` deny, and ``/pub/a%2Fadmin``
+    matched the public ``/pub/{name}`` while the app ran ``/pub/a/admin``. Now a 400."""
+    mw, rec = asgi
+    assert_refused(run_asgi(mw, http_scope(raw, cert=world.alice), rec), 400)
+    client, wrec = wsgi
+    assert_refused(wsgi_get(client, wrec, raw.decode(), cert=world.alice), 400)
+
+
+@pytest.mark.parametrize("raw", [
+    pytest.param(b"/admin/../healthz", id="dot-dot-into-public"),
+    pytest.param(b"/admin/%2e%2e/healthz", id="encoded-dot-dot"),
+    pytest.param(b"/admin/%2E%2e/healthz", id="mixed-case-encoded"),
+    pytest.param(b"/admin/.%2e/pub/x", id="half-encoded"),
+    pytest.param(b"/admin/./x", id="single-dot"),
+    pytest.param(b"/files/secret/..", id="trailing-dot-dot"),
+    pytest.param(b"/admin\\..\\healthz", id="backslash-dot-dot"),
+    pytest.param(b"/pub\\x", id="backslash-as-separator"),
+    pytest.param(b"//", id="double-slash-into-public-root"),
+    pytest.param(b"//healthz", id="double-slash-into-public"),
+    pytest.param(b"/pub//x", id="empty-segment"),
+])
+def test_advisory_normalization_confusion(asgi: tuple[ASGIMiddleware, Recorder],
+                                          wsgi: tuple[Client, Recorder],
+                                          raw: bytes) -> None:
+    """The normalizer resolves ``..``, turns ``\\`` into ``/`` and merges ``//``; the app
+    does none of these.
+    ``/admin/%2e%2e/healthz`` was checked as the public ``/healthz`` while Starlette ran
+    an ``/admin/{rest:path}`` handler, unauthenticated. Now a 400, no certificate
+    needed to be refused."""
+    mw, rec = asgi
+    assert_refused(run_asgi(mw, http_scope(raw), rec), 400)
+    client, wrec = wsgi
+    assert_refused(wsgi_get(client, wrec, raw.decode()), 400)
+
+
+def test_advisory_dot_segments_reach_a_catch_all_route_unauthenticated(
+        world: World) -> None:
+    """The FastAPI form of the normalization confusion: a private catch-all route."""
+    sec = FastAPISec(gatekeeper=world.gatekeeper(sources=["asgi-tls"]))
+    app = FastAPI()
+    sec.install(app)
+    ran: list[str] = []
+
+    @app.get("/admin/{rest:path}")
+    async def admin(rest: str) -> dict[str, str]:
+        ran.append(rest)
+        return {"rest": rest}
+
+    @app.get("/healthz")
+    @sec.public
+    async def health() -> dict[str, bool]:
+        return {"ok": True}
+
+    rec = Recorder()
+    result = run_asgi(app, http_scope(b"/admin/%2e%2e/healthz"), rec)
+    assert result.status == 400
+    assert ran == []
+
+
+@pytest.fixture
+def h11_server(world: World) -> Iterator[int]:
+    """A real uvicorn (h11) server on 127.0.0.1 running a FastAPI app with a public ``/``
+    and a private catch-all ``/{p:path}``; yields the port, stops the server."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    sec = FastAPISec(gatekeeper=world.gatekeeper(sources=["asgi-tls"]))
+    app = FastAPI()
+    sec.install(app)
+
+    @app.get("/{p:path}")
+    async def catch_all(p: str) -> dict[str, str]:
+        return {"private": p}
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, http="h11", log_level="warning",
+                                           lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def raw_http(port: int, target: bytes) -> tuple[int, bytes]:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+        c.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := c.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+@pytest.mark.parametrize("target", [b"/#/admin", b"//", b"/%2e%2e/x", b"/x/..", b"/a%2Fb"])
+def test_advisory_private_catch_all_over_real_uvicorn(h11_server: int, target: bytes) -> None:
+    """Over a real uvicorn with ``--http h11``: ``GET /#/admin`` was checked as the
+    public ``/`` (the normalizer cut at ``#``) and ``GET //`` as ``/`` (merged), while
+    the private ``/{p:path}`` ran with ``p = "#/admin"`` / ``"/"``, unauthenticated."""
+    status, body = raw_http(h11_server, target)
+    assert status in (400, 401), body
+    assert b"private" not in body
+    assert raw_http(h11_server, b"/")[0] == 200  # the configured public "/"
+    assert raw_http(h11_server, b"/admin")[0] == 401
+
+
+def test_advisory_fragment_in_raw_path(asgi: tuple[ASGIMiddleware, Recorder]) -> None:
+    """h11 (uvicorn --http h11) passes ``#`` through in ``raw_path`` and ``path``; the
+    normalizer cut the path there, so ``/#/admin`` was checked as the public ``/``
+    while the app routed ``/#/admin``. Now ``#`` is part of the path."""
+    mw, rec = asgi
+    assert_refused(run_asgi(mw, http_scope(b"/#/admin"), rec), 401)
+    assert_refused(run_asgi(mw, http_scope(b"/healthz#x"), rec), 401)
+    assert run_asgi(mw, http_scope(b"/"), rec).status == 200  # "/" itself stays public
+
+
+def test_advisory_missing_raw_path_double_decoding(asgi: tuple[ASGIMiddleware, Recorder]
+                                                   ) -> None:
+    """Without ``raw_path`` the decoded ``path`` was re-quoted keeping ``%``, so a path
+    that arrived as ``/admin/%252e%252e/pub/x`` (app: ``/admin/%2e%2e/pub/x``) was
+    decoded a second time and checked as the public ``/pub/x``."""
+    mw, rec = asgi
+    scope = http_scope(None, path="/admin/%2e%2e/pub/x")
+    assert_refused(run_asgi(mw, scope, rec), 401)
+    scope = http_scope(None, path="/files/secret%2Fx")  # a literal "%2F" in the name
+    assert_refused(run_asgi(mw, scope, rec), 401)
+
+
+@pytest.mark.parametrize(("scope_extra", "status"), [
+    pytest.param({"path": "/\udcff"}, 400, id="lone-surrogate"),
+    pytest.param({"path": "/caf\u00e9"}, 401, id="non-ascii-no-cert"),
+    pytest.param({"path": 17}, 400, id="path-not-a-string"),
+])
+def test_advisory_missing_raw_path_odd_paths(asgi: tuple[ASGIMiddleware, Recorder],
+                                             scope_extra: dict[str, Any], status: int) -> None:
+    """A lone surrogate in ``path`` (no ``raw_path``) crashed ``quote`` (a 500)."""
+    mw, rec = asgi
+    assert_refused(run_asgi(mw, http_scope(None, **scope_extra), rec), status)
+
+
+@pytest.mark.parametrize(("environ", "status"), [
+    pytest.param({"PATH_INFO": "/\u2603", "REQUEST_URI": None, "RAW_URI": None}, 401,
+                 id="above-latin-1"),
+    pytest.param({"PATH_INFO": "/\xff", "REQUEST_URI": None, "RAW_URI": None}, 400,
+                 id="not-utf-8"),
+    pytest.param({"PATH_INFO": "/admin/%2e%2e/pub/x", "REQUEST_URI": None,
+                  "RAW_URI": None}, 401, id="literal-percent-not-decoded-again"),
+    pytest.param({"PATH_INFO": "/files/x", "QUERY_STRING": "\u2603"}, 401,
+                 id="query-above-latin-1"),
+    pytest.param({"PATH_INFO": "/files/x", "HTTP_AUTHORIZATION": "Bearer \u2603"}, 401,
+                 id="header-above-latin-1"),
+])
+def test_advisory_wsgi_environ_without_raw_uri(world: World, environ: dict[str, Any],
+                                               status: int) -> None:
+    """PATH_INFO outside PEP 3333 (no RAW_URI/REQUEST_URI, as under wsgiref) crashed the
+    middleware with UnicodeEncodeError; a literal ``%`` was decoded a second time."""
+    rec = Recorder()
+    mw = WSGIMiddleware(rec.wsgi, gatekeeper=world.gatekeeper(sources=["wsgi-environ"]))
+    env: dict[str, Any] = {"REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": "/",
+                           "SERVER_NAME": "x", "SERVER_PORT": "80", "wsgi.url_scheme": "http"}
+    env.update(environ)
+    for k in [k for k, v in env.items() if v is None]:
+        del env[k]
+    started: list[str] = []
+    body = b"".join(mw(env, lambda s, h, *a: started.append(s)))
+    assert started and started[0].startswith(str(status)), started
+    assert body == _BODIES[status]
+    assert rec.calls == []
+
+
+@pytest.mark.parametrize(("raw", "status"), [
+    pytest.param(b"/files/x%00", 400, id="encoded-nul"),
+    pytest.param(b"/files/%C0%AE%C0%AE/secret", 400, id="overlong-utf8-dot"),
+    pytest.param(b"/files/\xff", 400, id="non-utf8-raw-byte"),
+    pytest.param(b"/files/%ff", 400, id="non-utf8-escape"),
+    pytest.param(b"/files/%G1", 400, id="malformed-escape"),
+    pytest.param(b"files/x", 400, id="no-leading-slash"),
+    pytest.param(b"", 400, id="empty"),
+    pytest.param(b"/FILES/secret/x", 403, id="case-does-not-match-allow"),
+    pytest.param(b"/files/secret/x/", 403, id="trailing-slash-still-denied"),
+    pytest.param(b"/files/secret/x;y", 403, id="semicolon-path-parameter"),
+    pytest.param(b"/files/secret/" + b"a" * 20000, 403, id="very-long-path"),
+])
+def test_attack_path_tricks_are_refused(asgi: tuple[ASGIMiddleware, Recorder],
+                                        world: World, raw: bytes, status: int) -> None:
+    mw, rec = asgi
+    assert_refused(run_asgi(mw, http_scope(raw, cert=world.alice), rec), status)
+
+
+@pytest.mark.parametrize("raw", [
+    pytest.param(b"/healthz/", id="trailing-slash"),
+    pytest.param(b"/HEALTHZ", id="upper-case"),
+    pytest.param(b"/healthz;x", id="semicolon"),
+    pytest.param(b"/healthz%20", id="encoded-space"),
+    pytest.param(b"/healthzx", id="longer-name"),
+    pytest.param(b"/pub/a/b", id="two-segments-for-one-param"),
+    pytest.param(b"/pub/", id="empty-param"),
+])
+def test_attack_public_routes_match_exactly(asgi: tuple[ASGIMiddleware, Recorder],
+                                            raw: bytes) -> None:
+    """A ``[[routes]] public = true`` template never matches a neighbour of its path."""
+    mw, rec = asgi
+    assert_refused(run_asgi(mw, http_scope(raw), rec), 401)
+
+
+@pytest.mark.parametrize(("raw", "app_path"), [
+    pytest.param(b"/files/%252e%252e/secret/x", "/files/%2e%2e/secret/x", id="dots"),
+    pytest.param(b"/files/secret%252Fx", "/files/secret%2Fx", id="slash"),
+    pytest.param(b"/files/secret;x=1/y", "/files/secret;x=1/y", id="semicolon-param"),
+])
+def test_attack_double_encoding_is_decoded_once(asgi: tuple[ASGIMiddleware, Recorder],
+                                                world: World, raw: bytes,
+                                                app_path: str) -> None:
+    """``%25`` is never decoded and ``;`` starts no path parameter: the policy's path and
+    the app's path have the same segments (the app sees a literal ``%2e%2e``), so the
+    ``/files/*`` allow applies and the ``/files/secret/*`` deny does not."""
+    mw, rec = asgi
+    result = run_asgi(mw, http_scope(raw, cert=world.alice), rec)
+    assert result.status == 200
+    assert rec.calls == [app_path]
+
+
+def test_attack_raw_path_disagrees_with_path(asgi: tuple[ASGIMiddleware, Recorder],
+                                             world: World) -> None:
+    """The decision is made on ``raw_path`` (what was on the wire); a forged ``path``
+    or a ``root_path`` cannot make a protected request public."""
+    mw, rec = asgi
+    assert_refused(run_asgi(mw, http_scope(b"/files/secret/x", path="/healthz"), rec), 401)
+    scope = http_scope(b"/api/files/secret/x", root_path="/api", cert=world.alice)
+    assert_refused(run_asgi(mw, scope, rec), 403)
+    scope = http_scope(b"/healthz", root_path="/healthz", path="/healthz/files/secret/x")
+    assert run_asgi(mw, scope, rec).status == 200  # raw_path is public: it is /healthz
+
+
+# -- method tricks -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["get", "Get", "G\u00c9T", "", "GET ", "PROPFIND",
+                                    "X" * 100])
+def test_attack_non_canonical_methods(asgi: tuple[ASGIMiddleware, Recorder],
+                                      wsgi: tuple[Client, Recorder], world: World,
+                                      method: str) -> None:
+    mw, rec = asgi
+    assert_refused(run_asgi(mw, http_scope(b"/files/report", method=method,
+                                           cert=world.alice), rec), 400)
+    client, wrec = wsgi
+    if method.strip() and method.isascii():
+        assert_refused(wsgi_get(client, wrec, "/files/report", method=method,
+                                cert=world.alice), 400)
+
+
+def test_attack_method_override_header_is_not_honoured(
+        asgi: tuple[ASGIMiddleware, Recorder], world: World) -> None:
+    """``X-HTTP-Method-Override: GET`` on a POST is decided as a POST."""
+    mw, rec = asgi
+    headers = [(b"x-http-method-override", b"GET"), (b"x-method-override", b"GET")]
+    scope = http_scope(b"/files/report", method="POST", cert=world.alice, headers=headers)
+    assert_refused(run_asgi(mw, scope, rec), 403)
+
+
+def test_advisory_head_walks_around_get_rules(asgi: tuple[ASGIMiddleware, Recorder],
+                                              wsgi: tuple[Client, Recorder],
+                                              world: World) -> None:
+    """Starlette and Flask answer HEAD with the GET handler. A ``[[routes]]`` entry with
+    ``methods = ["GET"]`` (here: ``roles = ["role:admin"]`` on ``/admin/*``) did not
+    apply to HEAD, and a Casbin rule denying GET (``/reports/export``) did not deny
+    HEAD when another rule allowed ``*``: both ran the GET handler."""
+    mw, rec = asgi
+    for path in (b"/admin/users", b"/reports/export"):
+        assert_refused(run_asgi(mw, http_scope(path, cert=world.alice), rec), 403)
+        assert_refused(run_asgi(mw, http_scope(path, method="HEAD", cert=world.alice),
+                                rec), 403)
+    # HEAD is still allowed where GET is
+    assert run_asgi(mw, http_scope(b"/admin/users", method="HEAD", cert=world.admin),
+                    rec).status == 200
+    assert run_asgi(mw, http_scope(b"/reports/summary", method="HEAD",
+                                   cert=world.alice), rec).status == 200
+    client, wrec = wsgi
+    assert_refused(wsgi_get(client, wrec, "/reports/export", method="HEAD",
+                            cert=world.alice), 403)
+
+
+def test_attack_options_is_not_a_preflight_bypass(asgi: tuple[ASGIMiddleware, Recorder],
+                                                  world: World) -> None:
+    """OPTIONS is an ordinary method: no certificate is a 401, no rule is a 403."""
+    mw, rec = asgi
+    headers = [(b"origin", b"https://evil.example"),
+               (b"access-control-request-method", b"GET")]
+    assert_refused(run_asgi(mw, http_scope(b"/files/report", method="OPTIONS",
+                                           headers=headers), rec), 401)
+    assert_refused(run_asgi(mw, http_scope(b"/files/report", method="OPTIONS",
+                                           cert=world.alice, headers=headers), rec), 403)
+
+
+# -- header tricks -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("headers", [
+    pytest.param([(b"authorization", b"Bearer a.b.c"), (b"authorization", b"Bearer d.e.f")],
+                 id="duplicate-authorization"),
+    pytest.param([(b"authorization", b"Bearer a.b.c, Bearer d.e.f")], id="folded-two"),
+    pytest.param([(b"authorization", b"Bearer a.b.c\r\n Bearer d")], id="obs-fold"),
+    pytest.param([(b"authorization", b"Bearer " + b"A" * 100_000)], id="huge-token"),
+    pytest.param([(b"authorization", b"Basic YWxpY2U6cGFzcw==")], id="other-scheme"),
+    pytest.param([(b"authorization", b"Bearer")], id="empty-bearer"),
+    pytest.param([(b"authorization", b"Bearer \xff\xfe")], id="non-ascii-token"),
+    pytest.param([(b"authorization", b"Bearer not-a-jwt")], id="garbage-token"),
+])
+def test_attack_authorization_header_tricks(asgi: tuple[ASGIMiddleware, Recorder],
+                                            world: World,
+                                            headers: list[tuple[bytes, bytes]]) -> None:
+    """A malformed, doubled or unverifiable credential is a 401 even with a valid
+    certificate (the app would otherwise see a token nobody verified)."""
+    mw, rec = asgi
+    result = run_asgi(mw, http_scope(b"/files/report", cert=world.alice, headers=headers),
+                      rec)
+    assert_refused(result, 401)
+    assert "Bearer" in result.headers["www-authenticate"]
+
+
+def test_attack_wsgi_duplicate_authorization_is_folded_and_refused(
+        wsgi: tuple[Client, Recorder], world: World) -> None:
+    client, rec = wsgi
+    token = world.issuer.issue(sub="u1")
+    result = wsgi_get(client, rec, "/files/report", cert=world.alice,
+                      headers=[("Authorization", f"Bearer {token}"),
+                               ("Authorization", f"Bearer {token}")])
+    assert_refused(result, 401)
+
+
+def test_attack_token_tricks(asgi: tuple[ASGIMiddleware, Recorder], world: World) -> None:
+    """Expired, wrong audience, unsigned and foreign-key tokens are 401s; a good token
+    alone is not a certificate (mTLS is required)."""
+    mw, rec = asgi
+    good = world.issuer.issue(sub="u1")
+    other = TokenIssuer(issuer=world.issuer.issuer).issue(sub="u1")
+    header, payload, _ = good.split(".")
+    for token in (world.issuer.issue(sub="u1", exp=-600), world.issuer.issue(sub="u1",
+                  aud="other"), f"{header}.{payload}.", other):
+        scope = http_scope(b"/files/report", cert=world.alice,
+                           headers=[(b"authorization", f"Bearer {token}".encode())])
+        assert_refused(run_asgi(mw, scope, rec), 401)
+    scope = http_scope(b"/files/report", headers=[(b"authorization", f"Bearer {good}".encode())])
+    assert_refused(run_asgi(mw, scope, rec), 401)
+    scope = http_scope(b"/files/report", cert=world.alice,
+                       headers=[(b"authorization", f"Bearer {good}".encode())])
+    assert run_asgi(mw, scope, rec).status == 200
+
+
+@pytest.mark.parametrize("name", [b"x-forwarded-client-cert", b"x-ssl-client-cert",
+                                  b"x-ssl-client-verify", b"x-amzn-mtls-clientcert-leaf",
+                                  b"x-client-cert-der", b"client-cert"])
+def test_attack_forged_proxy_certificate_headers(world: World, name: bytes) -> None:
+    """Certificate headers from a client are not evidence: without ``[proxy]`` nobody
+    reads them, and with ``[proxy]`` only a trusted peer's count."""
+    pem = world.admin.cert_pem.decode()
+    value = (f'By=spiffe://x;Hash=00;Cert="{pem}"' if name == b"x-forwarded-client-cert"
+             else pem.replace("\n", "")).encode()
+    headers = [(name, value), (b"x-ssl-client-verify", b"SUCCESS")]
+    for gk in (
+        world.gatekeeper(sources=["asgi-tls"]),
+        world.gatekeeper(sources=[], proxy={
+            "trusted": ["127.0.0.1/32"],
+            "sources": ["xfcc", "nginx", "alb", "caddy", "client-cert"]}),
+    ):
+        rec = Recorder()
+        mw = ASGIMiddleware(rec.asgi, gatekeeper=gk)
+        assert_refused(run_asgi(mw, http_scope(b"/admin/users", headers=headers), rec), 401)
+
+
+def test_attack_wsgi_certificate_key_without_the_source(world: World) -> None:
+    """``SSL_CLIENT_CERT`` (garbage or a real admin certificate) is ignored unless the
+    ``wsgi-environ`` source is enabled: an ASGI-only configuration does not read it."""
+    rec = Recorder()
+    gk = world.gatekeeper(sources=["asgi-tls"])
+    client = Client(WSGIMiddleware(rec.wsgi, gatekeeper=gk))
+    for value in ("garbage", "-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----",
+                  world.admin.cert_pem.decode()):
+        result = wsgi_get(client, rec, "/admin/users",
+                          environ_overrides={"SSL_CLIENT_CERT": value,
+                                             "SSL_CLIENT_VERIFY": "SUCCESS"})
+        assert_refused(result, 401)
+
+
+@pytest.mark.parametrize("verify", ["FAILED:unable to get local issuer certificate",
+                                    "GENEROUS", "", "success"])
+def test_attack_wsgi_server_said_it_did_not_verify(wsgi: tuple[Client, Recorder],
+                                                    world: World, verify: str) -> None:
+    """A genuine certificate the server reports as not verified (``SSL_CLIENT_VERIFY``
+    other than ``SUCCESS``) is refused."""
+    client, rec = wsgi
+    env = {"SSL_CLIENT_CERT": world.admin.cert_pem.decode(), "SSL_CLIENT_VERIFY": verify}
+    assert_refused(wsgi_get(client, rec, "/admin/users", environ_overrides=env), 401)
+
+
+@pytest.mark.parametrize("value", [
+    pytest.param("garbage", id="garbage"),
+    pytest.param("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----", id="bad-der"),
+    pytest.param(None, id="rogue-ca"),
+])
+def test_attack_wsgi_garbage_certificate_with_the_source(wsgi: tuple[Client, Recorder],
+                                                         world: World,
+                                                         value: str | None) -> None:
+    client, rec = wsgi
+    pem = value if value is not None else world.rogue.cert_pem.decode()
+    result = wsgi_get(client, rec, "/admin/users", environ_overrides={"SSL_CLIENT_CERT": pem})
+    assert_refused(result, 401)
+
+
+@pytest.mark.parametrize("tenants", [
+    pytest.param([], id="no-tenant"),
+    pytest.param([b"*"], id="wildcard"),
+    pytest.param([b""], id="empty"),
+    pytest.param([b"tenant-b"], id="other-tenant"),
+    pytest.param([b".*"], id="regex"),
+    pytest.param([b"tenant-a, tenant-b"], id="folded-list"),
+    pytest.param([b"tenant-b", b"tenant-a"], id="duplicate-first-wins"),
+])
+def test_attack_tenant_header_tricks(world: World, tenants: list[bytes]) -> None:
+    """The tenant header is client-chosen: claiming another tenant, ``*`` or a pattern
+    gives no role held only in ``tenant-a``."""
+    gk = world.gatekeeper(sources=["asgi-tls"],
+                          policy={"policy": "tenants.csv", "domain_header": "x-tenant"})
+    rec = Recorder()
+    mw = ASGIMiddleware(rec.asgi, gatekeeper=gk)
+    headers = [(b"x-tenant", t) for t in tenants]
+    assert_refused(run_asgi(mw, http_scope(b"/admin/x", cert=world.alice, headers=headers),
+                            rec), 403)
+    ok = http_scope(b"/admin/x", cert=world.alice, headers=[(b"x-tenant", b"tenant-a")])
+    assert run_asgi(mw, ok, rec).status == 200
+
+
+# -- the ASGI TLS extension and scopes with missing keys --------------------------------
+
+
+@pytest.mark.parametrize("extensions", [
+    pytest.param({"tls": "x"}, id="tls-not-a-mapping"),
+    pytest.param({"tls": {"client_cert_chain": ["garbage"]}}, id="garbage-pem"),
+    pytest.param({"tls": {"client_cert_chain": [1, 2]}}, id="not-strings"),
+    pytest.param({"tls": {"client_cert_chain": [[]]}}, id="unhashable-entry"),
+    pytest.param({"tls": {"client_cert_chain": "x" * 100_000}}, id="huge-string"),
+    pytest.param({"tls": {"client_cert_chain": ["x"] * 1000}}, id="long-chain"),
+    pytest.param({"tls": {"client_cert_chain": 7}}, id="chain-int"),
+    pytest.param({"tls": {"client_cert": "not-bytes"}}, id="client-cert-str"),
+    pytest.param({"tls": {"client_cert": b"\x30\x03\x02\x01\x00"}}, id="bad-der"),
+    pytest.param({"tls": {"client_cert_chain": None, "client_cert": None}}, id="all-none"),
+    pytest.param("not-a-dict", id="extensions-str"),
+    pytest.param(None, id="extensions-none"),
+])
+def test_attack_tls_extension_garbage(asgi: tuple[ASGIMiddleware, Recorder],
+                                      extensions: Any) -> None:
+    mw, rec = asgi
+    assert_refused(run_asgi(mw, http_scope(b"/admin/users", extensions=extensions), rec), 401)
+
+
+def test_attack_tls_extension_rogue_or_unverified_certificate(
+        asgi: tuple[ASGIMiddleware, Recorder], world: World) -> None:
+    mw, rec = asgi
+    rogue = {"tls": {"client_cert_chain": [world.rogue.cert_pem.decode()]}}
+    assert_refused(run_asgi(mw, http_scope(b"/admin/users", extensions=rogue), rec), 401)
+    flagged = {"tls": {"client_cert_chain": [world.admin.cert_pem.decode()],
+                       "client_cert_error": "unable to verify"}}
+    assert_refused(run_asgi(mw, http_scope(b"/admin/users", extensions=flagged), rec), 401)
+
+
+@pytest.mark.parametrize("drop_or_set", [
+    pytest.param({"method": None}, id="method-none"),
+    pytest.param({"headers": None}, id="headers-none"),
+    pytest.param({"headers": 5}, id="headers-int"),
+    pytest.param({"headers": [(b"authorization",)]}, id="header-one-element"),
+    pytest.param({"headers": [("authorization", "Bearer x")]}, id="header-str-pairs"),
+    pytest.param({"query_string": None}, id="query-none"),
+    pytest.param({"client": "garbage"}, id="client-garbage"),
+    pytest.param({"raw_path": "/healthz"}, id="raw-path-str"),
+])
+def test_attack_scope_with_missing_or_odd_keys(asgi: tuple[ASGIMiddleware, Recorder],
+                                               world: World,
+                                               drop_or_set: dict[str, Any]) -> None:
+    """A scope missing keys or carrying odd types is refused, never a 500 (some of these
+    crashed the middleware with TypeError/ValueError when tokens were configured)."""
+    mw, rec = asgi
+    scope = http_scope(b"/admin/users", cert=world.alice)
+    scope.update(drop_or_set)
+    result = run_asgi(mw, scope, rec)
+    assert result.status in (400, 401, 403)
+    assert not result.app_ran
+
+
+def test_advisory_malformed_scope_headers_crashed(asgi: tuple[ASGIMiddleware, Recorder],
+                                                  world: World) -> None:
+    """``scope["headers"]`` entries that are not byte pairs raised ValueError inside the
+    token reader (a 500 from the server); now a 400."""
+    mw, rec = asgi
+    scope = http_scope(b"/files/report", cert=world.alice, headers=[(b"authorization",)])
+    assert_refused(run_asgi(mw, scope, rec), 400)
+    scope = http_scope(b"/files/report", cert=world.alice, headers=5)  # type: ignore[arg-type]
+    assert_refused(run_asgi(mw, scope, rec), 400)
+
+
+# -- websockets --------------------------------------------------------------------------
+
+
+def test_attack_websocket_refused_before_accept(asgi: tuple[ASGIMiddleware, Recorder],
+                                                world: World) -> None:
+    mw, rec = asgi
+    for scope in (
+        http_scope(b"/files/report", type="websocket"),
+        http_scope(b"/files/secret/x", type="websocket", cert=world.alice),
+        http_scope(b"/files/%2e%2e/secret/x", type="websocket", cert=world.alice),
+    ):
+        scope.pop("method")
+        result = run_asgi(mw, scope, rec)
+        assert result.status == 1008
+        assert not result.app_ran
+    scope = http_scope(b"/files/report", type="websocket", cert=world.alice,
+                       extensions={"websocket.http.response": {}})
+    scope["extensions"]["tls"] = {"client_cert_chain": [world.rogue.cert_pem.decode()]}
+    assert_refused(run_asgi(mw, scope, rec), 401)
+
+
+def test_attack_websocket_through_fastapi(world: World) -> None:
+    sec = FastAPISec(gatekeeper=world.gatekeeper(sources=["asgi-tls"]))
+    app = FastAPI()
+    sec.install(app)
+    ran: list[bool] = []
+
+    @app.websocket("/files/feed")
+    async def feed(websocket: WebSocket) -> None:
+        ran.append(True)
+        await websocket.accept()
+
+    with TestClient(app) as client, pytest.raises(WebSocketDenialResponse) as info, \
+            client.websocket_connect("/files/feed"):
+        pass  # pragma: no cover
+    assert info.value.status_code == 401
+    assert ran == []
+
+
+# -- exceptions in the components -------------------------------------------------------
+
+
+class Boom(RuntimeError):
+    pass
+
+
+class ExplodingVerifier:
+    def verify(self, presented: PresentedCertificate) -> Any:
+        raise Boom("verifier")
+
+    identify = verify
+
+
+class ExplodingTokens:
+    def verify(self, token: str) -> RequestPrincipal:
+        raise Boom("token verifier")
+
+    async def averify(self, token: str) -> RequestPrincipal:
+        raise Boom("token verifier")
+
+
+class ExplodingSource:
+    name = "boom"
+
+    def from_asgi(self, scope: Scope) -> PresentedCertificate | None:
+        raise Boom("source")
+
+    def from_wsgi(self, environ: Scope) -> PresentedCertificate | None:
+        raise Boom("source")
+
+    def scrub_asgi(self, scope: Scope) -> None:
+        raise AssertionError("never called on a refusal")
+
+    scrub_wsgi = scrub_asgi
+
+
+class ExplodingPolicy:
+    """Delegates to the real policy, exploding in one chosen method."""
+
+    def __init__(self, real: Any, where: str) -> None:
+        self.real, self.where = real, where
+
+    @property
+    def dry_run(self) -> bool:
+        return bool(self.real.dry_run)
+
+    def normalize(self, raw_path: str) -> str:
+        if self.where == "normalize":
+            raise Boom("normalize")
+        return str(self.real.normalize(raw_path))
+
+    def evaluate(self, **kw: Any) -> PolicyResult:
+        if self.where == "evaluate":
+            raise Boom("evaluate")
+        result: PolicyResult = self.real.evaluate(**kw)
+        return result
+
+    def roles_for(self, **kw: Any) -> frozenset[str]:
+        if self.where == "roles_for":
+            raise Boom("roles_for")
+        roles: frozenset[str] = self.real.roles_for(**kw)
+        return roles
+
+
+@pytest.mark.parametrize(("part", "status"), [
+    ("verifier", 401), ("source", 401), ("token", 401),
+    ("normalize", 400), ("evaluate", 403), ("roles_for", 403),
+])
+def test_advisory_component_exceptions_fail_closed(world: World, part: str,
+                                                   status: int) -> None:
+    """An exception inside a source, the chain verifier, the token verifier or the
+    policy is a refusal. ``roles_for`` and ``normalize`` raising escaped as a 500."""
+    for kind in ("asgi", "wsgi"):
+        gk = world.gatekeeper(sources=["asgi-tls" if kind == "asgi" else "wsgi-environ"])
+        if part == "verifier":
+            gk.verifier = ExplodingVerifier()
+        elif part == "source":
+            gk.sources = (ExplodingSource(),)
+        elif part == "token":
+            gk.token_verifier = ExplodingTokens()
+        else:
+            gk.policy = ExplodingPolicy(gk.policy, part)
+        token = world.issuer.issue(sub="u1")
+        headers = [(b"authorization", f"Bearer {token}".encode())]
+        path = b"/admin/users"  # GET /admin/*: the route asks for role:admin
+        rec = Recorder()
+        if kind == "asgi":
+            mw = ASGIMiddleware(rec.asgi, gatekeeper=gk)
+            result = run_asgi(mw, http_scope(path, cert=world.admin, headers=headers), rec)
+        else:
+            client = Client(WSGIMiddleware(rec.wsgi, gatekeeper=gk))
+            result = wsgi_get(client, rec, path.decode(), cert=world.admin,
+                              headers=[("Authorization", f"Bearer {token}")])
+        assert_refused(result, status)
+        assert b"Boom" not in result.body
+
+
+# -- framework integrations --------------------------------------------------------------
+
+
+def fastapi_app(world: World) -> tuple[FastAPI, list[str]]:
+    sec = FastAPISec(gatekeeper=world.gatekeeper(sources=["asgi-tls"]))
+    app = FastAPI()
+    sec.install(app)
+    ran: list[str] = []
+
+    @app.get("/items/{item_id:int}")
+    @sec.public
+    async def public_item(item_id: int) -> dict[str, int]:
+        ran.append("public_item")
+        return {"id": item_id}
+
+    @app.get("/items/{name}")
+    async def private_item(name: str) -> dict[str, str]:
+        ran.append("private_item")
+        return {"name": name}
+
+    @app.get("/docs-files")
+    async def private_list() -> list[str]:
+        ran.append("private_list")
+        return []
+
+    @app.get("/docs-files/{p:path}")
+    @sec.public
+    async def public_file(p: str) -> dict[str, str]:
+        ran.append("public_file")
+        return {"p": p}
+
+    @app.get("/a/secret")
+    async def a_secret() -> str:
+        ran.append("a_secret")
+        return "secret"
+
+    @app.get("/a/{p:path}/b")
+    @sec.public
+    async def a_b(p: str) -> str:
+        ran.append("a_b")
+        return p
+
+    return app, ran
+
+
+@pytest.mark.parametrize(("path", "status", "handler"), [
+    pytest.param("/items/7", 200, "public_item", id="int-route-public"),
+    pytest.param("/items/abc", 401, None, id="str-route-shadowed-by-int-template"),
+    pytest.param("/docs-files/x/y", 200, "public_file", id="path-route-public"),
+    pytest.param("/docs-files", 401, None, id="tail-template-matched-the-bare-prefix"),
+    pytest.param("/a/secret", 401, None, id="mid-path-param-template-too-broad"),
+    pytest.param("/a/x/y/b", 200, "a_b", id="mid-path-param-public"),
+])
+def test_advisory_fastapi_public_route_templates(world: World, path: str, status: int,
+                                                 handler: str | None) -> None:
+    """``@sec.public`` was translated into a route template broader than the FastAPI
+    route: ``{id:int}`` became ``{id}`` (so ``/items/abc``, served by a *private*
+    ``/items/{name}``, was public), ``/docs-files/{p:path}`` became ``/docs-files/*``
+    (matching the private ``/docs-files``) and ``/a/{p:path}/b`` became ``/a/*``. A
+    route is now public only when Starlette itself will run that route."""
+    app, ran = fastapi_app(world)
+    r = TestClient(app).get(path)
+    assert r.status_code == status, r.text
+    assert ran == ([handler] if handler else [])
+
+
+def test_advisory_config_public_route_switched_off_require(world: World) -> None:
+    """A ``[[routes]] public = true`` entry covering a view that declares ``@require``
+    (Flask) or ``sec.require`` (FastAPI) made the view public too: ``RouteRule.apply``
+    kept ``public`` from the configured requirements."""
+    routes = [{"path": "/items/*", "public": True}]
+    gk = world.gatekeeper(sources=["wsgi-environ"], routes=routes)
+    app = Flask(__name__)
+    FlaskSec(app, gatekeeper=gk)
+    ran: list[str] = []
+
+    @app.get("/items/<name>")
+    def open_page(name: str) -> str:
+        ran.append("open")
+        return name
+
+    @app.get("/items/<name>/admin")
+    @flask_require(roles=["role:admin"])
+    def open_admin(name: str) -> str:
+        ran.append("admin")
+        return name
+
+    client = app.test_client()
+    assert client.get("/items/x").status_code == 200
+    assert client.get("/items/x/admin").status_code == 401
+    alice = {"SSL_CLIENT_CERT": world.alice.cert_pem.decode()}
+    assert client.get("/items/x/admin", environ_overrides=alice).status_code == 403
+    admin = {"SSL_CLIENT_CERT": world.admin.cert_pem.decode()}
+    assert client.get("/items/x/admin", environ_overrides=admin).status_code == 200
+    assert ran == ["open", "admin"]
+
+    from fastapi import Security
+
+    from endpointsec.facts import Principal
+
+    sec = FastAPISec(gatekeeper=world.gatekeeper(sources=["asgi-tls"], routes=routes))
+    fapp = FastAPI()
+    sec.install(fapp)
+
+    @fapp.get("/items/{name}/admin")
+    async def fopen_admin(name: str,
+                          caller: Principal = Security(sec.require(roles=["role:admin"]))
+                          ) -> str:
+        ran.append("fadmin")
+        return name
+
+    assert TestClient(fapp).get("/items/x/admin").status_code == 401
+    assert ran == ["open", "admin"]
+
+
+def test_advisory_flask_app_code_ran_before_the_check(world: World) -> None:
+    """``EndpointSec(app)`` appended its check to ``before_request``: a URL value
+    preprocessor, or a ``before_request`` function registered earlier (a response cache,
+    a maintenance page), ran before it, and one returning a response skipped the check
+    altogether (here: a cache serving ``/reports/export`` to anyone). The check is now
+    the first thing ``preprocess_request`` runs."""
+    app = Flask(__name__)
+    ran: list[str] = []
+
+    @app.url_value_preprocessor
+    def load(endpoint: str | None, values: dict[str, Any] | None) -> None:
+        ran.append("url_value_preprocessor")
+
+    @app.before_request
+    def cached() -> Any:
+        ran.append("cache")
+        return "cached private report" if request.path == "/reports/export" else None
+
+    FlaskSec(app, gatekeeper=world.gatekeeper(sources=["wsgi-environ"]))
+
+    @app.get("/reports/export")
+    def export() -> str:
+        return "private report"
+
+    client = app.test_client()
+    r = client.get("/reports/export")
+    assert r.status_code == 401
+    assert b"report" not in r.data
+    assert ran == []
+    alice = {"SSL_CLIENT_CERT": world.alice.cert_pem.decode()}
+    assert client.get("/reports/export", environ_overrides=alice).status_code == 403
+    assert ran == []
+    assert client.get("/reports/summary", environ_overrides=alice).status_code == 404
+    assert ran == ["url_value_preprocessor", "cache"]
+
+
+def test_attack_flask_path_tricks(world: World) -> None:
+    gk = world.gatekeeper(sources=["wsgi-environ"])
+    app = Flask(__name__)
+    FlaskSec(app, gatekeeper=gk)
+    ran: list[str] = []
+
+    @app.get("/healthz")
+    @flask_public
+    def health() -> str:
+        return "ok"
+
+    @app.get("/admin/<path:rest>")
+    def admin(rest: str) -> str:
+        ran.append(rest)
+        return rest
+
+    client = app.test_client()
+    assert client.get("/healthz").status_code == 200
+    for path in ("/admin/%2e%2e/healthz", "/admin/..%2Fhealthz", "/admin/x%2F..%2F..%2Fhealthz",
+                 "/admin\\..\\healthz"):
+        assert client.get(path).status_code == 400, path
+    assert client.get("/admin/users").status_code == 401
+    assert client.head("/admin/users",
+                       environ_overrides={"SSL_CLIENT_CERT": world.alice.cert_pem.decode()}
+                       ).status_code == 403
+    assert ran == []
+
+
+# -- responses never echo ------------------------------------------------------------------
+
+
+def test_attack_responses_never_echo_input(asgi: tuple[ASGIMiddleware, Recorder],
+                                           world: World) -> None:
+    mw, rec = asgi
+    marker = "zzMARKERzz"
+    token = world.issuer.issue(sub=marker, aud=marker)
+    cases = [
+        http_scope(f"/files/{marker}%00".encode(), cert=world.alice),
+        http_scope(f"/files/{marker}".encode(),
+                   headers=[(b"authorization", f"Bearer {token}".encode())]),
+        http_scope(f"/files/{marker}".encode(), cert=world.alice,
+                   headers=[(b"authorization", f"Bearer {token}".encode())]),
+        http_scope(f"/files/{marker}".encode(),
+                   headers=[(b"authorization", f"Basic {marker}".encode())]),
+        http_scope(b"/secret", cert=world.alice,
+                   headers=[(b"x-tenant", marker.encode())]),
+        http_scope(f"/{marker}".encode(), method=marker.upper()),
+    ]
+    for scope in cases:
+        result = run_asgi(mw, scope, rec)
+        assert result.status in (400, 401, 403)
+        wire = result.body + json.dumps(result.headers).encode()
+        assert marker.encode() not in wire
+        assert marker.upper().encode() not in wire
+        assert token.encode() not in wire
