@@ -12,6 +12,7 @@ verification call, which is ``verify`` in a thread and ``averify`` on the loop.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,6 +72,8 @@ class Gatekeeper:
         token_reader: Any = None,
         routes: RouteTable | None = None,
         domain_header: str | None = None,
+        decision_cache_ttl: float = 1.0,
+        decision_cache_size: int = 4096,
     ) -> None:
         self.policy = policy
         self.sources = tuple(sources)
@@ -82,6 +85,17 @@ class Gatekeeper:
         if self.sources and self.verifier is None:
             raise ConfigurationError("certificate sources are configured but no verifier",
                                      key="identity")
+        self._recent = _RecentDecisions(ttl=decision_cache_ttl, size=decision_cache_size)
+        self._key_headers = frozenset(
+            {b"authorization", b"cookie"} | ({self._domain_header} if self._domain_header
+                                             else set())
+        )
+        from endpointsec.identity.sources import ASGITLSSource
+
+        # The fast path keys on the scope's TLS extension and a few headers: it is used
+        # only when nothing else (a proxy header, a custom source) can carry identity.
+        self._asgi_fast_path = self._recent.enabled and all(
+            type(s) is ASGITLSSource for s in self.sources)
 
     # -- construction -----------------------------------------------------------------
 
@@ -115,6 +129,8 @@ class Gatekeeper:
             token_reader=build_token_reader(config.tokens),
             routes=routes,
             domain_header=getattr(config.policy, "domain_header", None),
+            decision_cache_ttl=config.cache.decisions_ttl,
+            decision_cache_size=config.cache.decisions_size,
         )
 
     @classmethod
@@ -140,6 +156,48 @@ class Gatekeeper:
             close = getattr(component, "close", None)
             if callable(close):
                 close()
+
+    # -- the recent-decisions fast path (ASGI) -----------------------------------------
+
+    def recent_key_asgi(self, scope: Scope) -> tuple[Any, ...] | None:
+        """The key under which an allowed decision for this request may be remembered:
+        every input of *gather* (request line, TLS extension, the headers tokens and
+        tenants are read from). ``None`` when the request cannot be keyed safely."""
+        if not self._asgi_fast_path:
+            return None
+        try:
+            ext = scope.get("extensions")
+            tls = ext.get("tls") if isinstance(ext, dict) else None
+            chain: Any = None
+            if tls is not None:
+                if not isinstance(tls, dict):
+                    return None
+                c = tls.get("client_cert_chain")
+                chain = (tuple(c) if isinstance(c, list | tuple) else c,
+                         tls.get("client_cert"), tls.get("client_cert_error"))
+            picked = []
+            wanted = self._key_headers
+            for name, value in scope.get("headers", ()):
+                if name in wanted:
+                    picked.append((name, value))
+            key = (scope["type"], scope.get("method"), scope.get("raw_path"),
+                   scope.get("path"), scope.get("query_string"), chain, tuple(picked))
+            hash(key)
+        except (TypeError, ValueError, AttributeError, KeyError):
+            return None
+        return key
+
+    def recent(self, key: tuple[Any, ...]) -> tuple[RequestFacts, Decision] | None:
+        """An allowed decision remembered under ``key``, if still valid."""
+        return self._recent.get(key, generation=getattr(self.policy, "generation", None))
+
+    def remember(self, key: tuple[Any, ...], facts: RequestFacts, decision: Decision) -> None:
+        """Remember an allowed decision (never a refusal, a dry-run or a failure)."""
+        if (not decision.allowed or decision.would_deny or facts.peer_error is not None
+                or facts.token_error is not None or facts.request_error is not None):
+            return
+        self._recent.put(key, facts, decision,
+                         generation=getattr(self.policy, "generation", None))
 
     # -- decide -----------------------------------------------------------------------
 
@@ -380,6 +438,49 @@ class Gatekeeper:
             token_error=None, token_presented=token is not None, domain=domain,
             websocket=False,
         )
+
+
+class _RecentDecisions:
+    """Allowed decisions for identical gather inputs, for at most ``ttl`` seconds.
+
+    An entry is also dropped at the certificate's notAfter and the token's ``exp``
+    (whichever is first) and when the policy's generation changes (a reload). Key-set and
+    trust-bundle changes take effect within ``ttl`` (they are polled every few seconds
+    anyway). Bounded: the oldest entry goes first.
+    """
+
+    def __init__(self, *, ttl: float, size: int) -> None:
+        self.ttl = ttl
+        self.size = size
+        self.enabled = ttl > 0 and size > 0
+        self._entries: dict[tuple[Any, ...], tuple[float, Any, RequestFacts, Decision]] = {}
+
+    def get(self, key: tuple[Any, ...], *, generation: Any) -> tuple[RequestFacts,
+                                                                        Decision] | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, gen, facts, decision = entry
+        if gen != generation or time.time() >= expires:
+            self._entries.pop(key, None)
+            return None
+        return facts, decision
+
+    def put(self, key: tuple[Any, ...], facts: RequestFacts, decision: Decision, *,
+            generation: Any) -> None:
+        now = time.time()
+        expires = now + self.ttl
+        peer, token = decision.principal.peer, decision.principal.request
+        if peer is not None and peer.not_after is not None:
+            expires = min(expires, peer.not_after.timestamp())
+        if token is not None and token.expires_at is not None:
+            expires = min(expires, token.expires_at)
+        if expires <= now:
+            return
+        entries = self._entries
+        while len(entries) >= self.size:
+            entries.pop(next(iter(entries)), None)
+        entries[key] = (expires, generation, facts, decision)
 
 
 def _quote_path(path: str | bytes) -> str:
