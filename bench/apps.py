@@ -1,0 +1,152 @@
+"""The applications the contrast benchmark serves (see ``bench/README.md``).
+
+Every configuration serves the same tiny endpoint, ``GET /orders/{id}`` answering a
+small JSON body, so that the differences measured are the security layers alone.
+
+- :func:`bare` -- a pure ASGI app, no checks (configurations 1, 2, 5's reference, 6, 7's
+  upstream);
+- :func:`make_inproc` -- ``bare`` wrapped in :class:`endpointsec.ASGIMiddleware`, the
+  configuration read from ``$ENDPOINTSEC_BENCH_CONFIG`` (configurations 3, 5 and the
+  ext-authz service of 7);
+- :func:`make_flask` / :func:`make_flask_inproc` -- the same endpoint in Flask, bare or
+  wrapped in :class:`endpointsec.WSGIMiddleware` (configuration 4 and its reference).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+BODY = b'{"id":"42","status":"shipped"}'
+_HEADERS = [(b"content-type", b"application/json"),
+            (b"content-length", str(len(BODY)).encode())]
+
+Scope = MutableMapping[str, Any]
+
+
+async def bare(scope: Scope, receive: Callable[[], Awaitable[Any]],
+               send: Callable[[Any], Awaitable[None]]) -> None:
+    """A minimal ASGI app: 200 with a small JSON body for any HTTP request."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+    await send({"type": "http.response.body", "body": BODY})
+
+
+def _config() -> Any:
+    import endpointsec
+
+    path = os.environ.get("ENDPOINTSEC_BENCH_CONFIG")
+    if not path:
+        raise RuntimeError("set ENDPOINTSEC_BENCH_CONFIG to the endpointsec.toml to use")
+    return endpointsec.load_config(path)
+
+
+def make_inproc() -> Any:
+    """``bare`` behind the endpointsec ASGI middleware (a uvicorn ``--factory``)."""
+    import endpointsec
+
+    return endpointsec.ASGIMiddleware(bare, config=_config())
+
+
+class DecisionMemo:
+    """EXPERIMENT, not part of endpointsec: what a per-request fast path would cost.
+
+    In front of the endpointsec ASGI middleware, remembers the *allowed* decisions for
+    exactly the same inputs (the client certificate's PEM as the server passed it, the
+    raw Authorization header, the method, the raw path and query) for at most
+    ``ttl`` seconds and never past the token's ``exp``. A hit skips gather and decide
+    and calls the app with the remembered security context; anything else goes through
+    the middleware unchanged. Bounded (cleared when full). Used by configuration ``3m``
+    to measure how close such a fast path gets to configuration 2.
+    """
+
+    def __init__(self, app: Any, *, ttl: float = 1.0, max_entries: int = 10_000) -> None:
+        self.middleware = app
+        self.gatekeeper = app.gatekeeper
+        self.inner = app.app
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.memo: dict[tuple[Any, ...], tuple[Any, float]] = {}
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.middleware(scope, receive, send)
+            return
+        import time
+
+        from endpointsec.gatekeeper import SecurityContext
+
+        tls = (scope.get("extensions") or {}).get("tls") or {}
+        chain = tls.get("client_cert_chain") or ()
+        auth = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                if auth is not None:  # ambiguous: let the middleware refuse it
+                    auth = None
+                    break
+                auth = value
+        key = (chain[0] if chain else None, auth, scope["method"], scope.get("raw_path"),
+               scope.get("query_string"))
+        now = time.time()
+        hit = self.memo.get(key)
+        if hit is not None and hit[1] > now:
+            scope["endpointsec"] = hit[0]
+            await self.inner(scope, receive, send)
+            return
+        gk = self.gatekeeper
+        facts = await gk.gather_asgi(scope)
+        decision = gk.decide(facts)
+        if decision.allowed and chain and auth is not None:
+            request = decision.principal.request if decision.principal else None
+            expires = now + self.ttl
+            if request is not None and request.expires_at is not None:
+                expires = min(expires, request.expires_at)
+            if len(self.memo) >= self.max_entries:
+                self.memo.clear()
+            self.memo[key] = (SecurityContext(principal=decision.principal,
+                                              decision=decision, facts=facts), expires)
+        await self.middleware(scope, receive, send)
+
+
+def make_inproc_memo() -> Any:
+    """EXPERIMENT: :class:`DecisionMemo` in front of :func:`make_inproc`."""
+    return DecisionMemo(make_inproc())
+
+
+def make_flask() -> Any:
+    """The same endpoint in Flask, no checks (a gunicorn ``apps:make_flask()``)."""
+    from flask import Flask
+
+    app = Flask("bench")
+
+    @app.get("/orders/<order_id>")
+    def order(order_id: str) -> tuple[bytes, int, dict[str, str]]:
+        return BODY, 200, {"content-type": "application/json"}
+
+    return app
+
+
+def make_flask_inproc() -> Any:
+    """Flask behind the endpointsec WSGI middleware."""
+    import endpointsec
+
+    app = make_flask()
+    app.wsgi_app = endpointsec.WSGIMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, config=_config())
+    return app
+
+
+def bare_wsgi(environ: MutableMapping[str, Any],
+              start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """A minimal WSGI app (the micro-benchmark's reference)."""
+    start_response("200 OK", [("content-type", "application/json"),
+                              ("content-length", str(len(BODY)))])
+    return [BODY]
