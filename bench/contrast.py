@@ -21,9 +21,7 @@ Configurations (the issue's numbering; ``2p``, ``2n`` and ``4r`` are references)
    (``2p``: the same with endpointsec's certificate-passing protocol class, no middleware:
    what passing the certificate to the app costs);
 3. endpointsec in-process: uvicorn with the certificate-passing protocol and the ASGI
-   middleware (certificate + JWT + Casbin);
-   (``3m``: an EXPERIMENT, not part of endpointsec: 3 behind a fast path that
-   remembers allowed decisions for identical inputs for up to 1 s, ``apps.DecisionMemo``);
+   middleware (certificate + JWT + Casbin), its recent-decisions cache on (the default);
 4. the same for WSGI: gunicorn (gthread) + Flask + the WSGI middleware
    (``4r``: gunicorn + Flask mTLS, no checks);
 5. nginx terminating mTLS, the app with endpointsec reading the forwarded certificate
@@ -131,14 +129,6 @@ def _c3(ctx: Context) -> tuple[int, list[h.Proc]]:
                             env=ctx.config("c3", "asgi-tls"))]
 
 
-def _c3m(ctx: Context) -> tuple[int, list[h.Proc]]:
-    port = h.free_port()
-    argv = h.uvicorn_argv("apps:make_inproc_memo", port=port, tls=ctx.material, factory=True,
-                          http=UVICORN_TLS_PROTOCOL)
-    return port, [ctx.spawn("c3m-inprocess-asgi-memo", argv, port=port,
-                            env=ctx.config("c3m", "asgi-tls"))]
-
-
 def _c4r(ctx: Context) -> tuple[int, list[h.Proc]]:
     port = h.free_port()
     argv = h.gunicorn_argv("apps:make_flask()", port=port, tls=ctx.material)
@@ -208,7 +198,6 @@ SETUPS: tuple[Setup, ...] = (
     Setup("2", "uvicorn mTLS, no checks", True, False, (), _c2),
     Setup("2p", "uvicorn mTLS + endpointsec protocol, no checks", True, False, (), _c2p),
     Setup("3", "endpointsec in-process (uvicorn)", True, True, (), _c3),
-    Setup("3m", "experiment: 3 + a decision fast path", True, True, (), _c3m),
     Setup("4r", "gunicorn+Flask mTLS, no checks", True, False, (), _c4r),
     Setup("4", "endpointsec in-process (gunicorn+Flask)", True, True, (), _c4),
     Setup("2n", "nginx mTLS sidecar, no checks", True, False, ("nginx",), _c2n),
@@ -363,18 +352,6 @@ def micro_table(micro: list[dict[str, Any]]) -> str:
     return head + "\n".join(rows) + "\n"
 
 
-def experiment_note(summary: dict[str, dict[str, float]]) -> str:
-    """One sentence on configuration 3m (the decision fast-path experiment)."""
-    e, c6 = summary.get("3m"), summary.get("6")
-    if not e:
-        return ""
-    vs6 = f", {_fmt(h.ratio(e['cpu_us'], c6['cpu_us']), 2)}x HAProxy's" if c6 else ""
-    return (f"\nExperiment 3m (not part of endpointsec: the middleware behind a fast path "
-            f"that remembers allowed decisions for identical inputs for up to 1 s): CPU per "
-            f"request {_fmt(e['cpu_us_x2'], 2)}x configuration 2{vs6}; req/s "
-            f"{_fmt(e['rps_x2'], 2)}x; p99 {_fmt(e['p99_x2'], 2)}x.\n")
-
-
 def steps_table(steps: list[tuple[str, float]]) -> str:
     return ("| step | µs |\n|---|---:|\n"
             + "\n".join(f"| {name} | {_fmt(us, 1)} |" for name, us in steps) + "\n")
@@ -408,7 +385,7 @@ def charts(summary: dict[str, dict[str, float]], labels: dict[str, str], out: Pa
 
     fig, ax = plt.subplots(figsize=(8, 0.42 * len(keys) + 1.2), dpi=80)
     cpu = [summary[k]["cpu_us"] for k in keys]
-    colors = ["#2b7bba" if k in ("3", "4", "5") else "#9ecae1" if k == "3m" else
+    colors = ["#2b7bba" if k in ("3", "4", "5") else
               "#c0504d" if k in ("6", "7") else "#9a9a9a" for k in keys]
     ax.barh(ys, cpu, color=colors)
     for y, v in zip(ys, cpu, strict=True):
@@ -459,7 +436,6 @@ def write_report(out: Path, *, args: argparse.Namespace, labels: dict[str, str],
         "the configurations; medians. Ratios (\"vs 2\") against configuration 2 of the "
         f"same run. CPU pinning: {env['pinning']}.\n",
         "## Targets\n", targets_md(targets) if targets else "No target could be evaluated.\n",
-        experiment_note(summaries["keepalive"]),
         "## Keep-alive (HTTP/1.1, one TLS handshake per connection)\n",
         table(summaries["keepalive"], labels),
     ]

@@ -300,33 +300,3 @@ def test_contrast_runs_end_to_end_on_two_configurations(tmp_path: Path) -> None:
                                       "no_client_cert": 0}
     report = (tmp_path / "report.md").read_text()
     assert "endpointsec in-process (uvicorn)" in report
-
-
-def test_decision_memo_experiment_remembers_only_allowed_requests(material: Any) -> None:
-    import endpointsec
-
-    h = _load("harness")
-    micro = _load("micro")
-    apps = _load("apps")
-    pem = material.client_cert.read_text()
-    pem = pem.split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
-    cfg = h.write_config(material, "t-memo", policy=material.policy_files[10],
-                         source="asgi-tls")
-    memo = apps.DecisionMemo(endpointsec.ASGIMiddleware(
-        apps.bare, config=endpointsec.load_config(cfg)))
-
-    def scope(path: str, token: bool) -> Any:
-        def make(i: int) -> dict[str, Any]:
-            s = micro.asgi_scope(material, path=path, client_pem=pem)
-            if not token:
-                s["headers"] = [hv for hv in s["headers"] if hv[0] != b"authorization"]
-            return s
-        return make
-
-    micro.time_asgi(memo, scope("/orders/42", True), 3)
-    assert len(memo.memo) == 1
-    with pytest.raises(RuntimeError, match="401"):
-        micro.time_asgi(memo, scope("/orders/42", False), 2)
-    with pytest.raises(RuntimeError, match="403"):
-        micro.time_asgi(memo, scope("/admin/users", True), 2)
-    assert len(memo.memo) == 1
