@@ -140,5 +140,11 @@ def test_fastapi_example_over_uvicorn(pki: Path, issuer: TokenIssuer, fastapi_ur
     assert r.status_code == 401
     assert 'error="invalid_token"' in r.headers["www-authenticate"]
     assert "not-a-jwt" not in r.text
+    # a user's token role cannot claim a workload's rules (workload:storefront may POST
+    # /orders; a token saying roles=["storefront"] through another workload may not)
+    impostor = issuer.issue(sub="mallory", roles=["storefront", "workload:storefront"])
+    r = call(pki, fastapi_url, "POST", "/orders", cert="admin-console", token=impostor,
+             json={"item": "x"})
+    assert r.status_code == 403
     schema = call(pki, fastapi_url, "GET", "/openapi.json", cert="admin-console")
     assert schema.status_code == 403  # the schema is not public unless the policy says so
