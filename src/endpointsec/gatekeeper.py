@@ -453,21 +453,24 @@ class _RecentDecisions:
         self.ttl = ttl
         self.size = size
         self.enabled = ttl > 0 and size > 0
-        self._entries: dict[tuple[Any, ...], tuple[float, Any, RequestFacts, Decision]] = {}
+        self._entries: dict[tuple[Any, ...],
+                            tuple[float, float, Any, RequestFacts, Decision]] = {}
 
     def get(self, key: tuple[Any, ...], *, generation: Any) -> tuple[RequestFacts,
                                                                         Decision] | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        expires, gen, facts, decision = entry
-        if gen != generation or time.time() >= expires:
+        deadline, expires, gen, facts, decision = entry
+        if gen != generation or time.monotonic() >= deadline or time.time() >= expires:
             self._entries.pop(key, None)
             return None
         return facts, decision
 
     def put(self, key: tuple[Any, ...], facts: RequestFacts, decision: Decision, *,
             generation: Any) -> None:
+        # The TTL runs on the monotonic clock (a wall-clock jump cannot stretch it); the
+        # certificate's and token's expiry are wall-clock instants.
         now = time.time()
         expires = now + self.ttl
         peer, token = decision.principal.peer, decision.principal.request
@@ -480,7 +483,7 @@ class _RecentDecisions:
         entries = self._entries
         while len(entries) >= self.size:
             entries.pop(next(iter(entries)), None)
-        entries[key] = (expires, generation, facts, decision)
+        entries[key] = (time.monotonic() + self.ttl, expires, generation, facts, decision)
 
 
 def _quote_path(path: str | bytes) -> str:

@@ -187,3 +187,19 @@ def test_cache_config_is_validated(tmp_path: Path) -> None:
         load_config(p)
     p.write_text("[policy]\nallow_authenticated = true\n[cache]\ndecisions_ttl = 0\n")
     assert load_config(p).cache.decisions_ttl == 0
+
+
+def test_ttl_runs_on_the_monotonic_clock(ca: tuple[Path, IssuedCertificate],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import endpointsec.gatekeeper as gatekeeper_module
+
+    client, verifier, _, _ = build(ca, ttl=0.2)
+    frozen = time.time()
+    # The wall clock stops (or jumps back): the TTL must still run out.
+    monkeypatch.setattr(gatekeeper_module.time, "time", lambda: frozen)
+    client.get("/orders")
+    client.get("/orders")
+    assert verifier.calls == 1
+    time.sleep(0.3)
+    client.get("/orders")
+    assert verifier.calls == 2
