@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -322,22 +322,24 @@ class Gatekeeper:
             websocket=websocket,
         )
 
-    # -- gather: ASGI -----------------------------------------------------------------
-
-    def _presented_asgi(self, scope: Scope) -> tuple[list[PresentedCertificate],
-                                                     EndpointSecError | None]:
+    def _gather_peer(self, read: Callable[[CertificateSource], PresentedCertificate | None]
+                     ) -> tuple[PeerIdentity | None, EndpointSecError | None]:
+        """Ask every source with ``read`` (ASGI or WSGI), then verify what was presented.
+        A source that fails stops the search: its error is the peer error."""
         found: list[PresentedCertificate] = []
         for source in self.sources:
             try:
-                p = source.from_asgi(scope)
+                p = read(source)
             except EndpointSecError as exc:
-                return [], exc
+                return None, exc
             except Exception as exc:
-                return [], CertificateError(f"source {source.name!r} failed: "
-                                            f"{type(exc).__name__}")
+                return None, CertificateError(f"source {source.name!r} failed: "
+                                              f"{type(exc).__name__}")
             if p is not None:
                 found.append(p)
-        return found, None
+        return self._peer(found)
+
+    # -- gather: ASGI -----------------------------------------------------------------
 
     def scrub_asgi(self, scope: Scope) -> None:
         for source in self.sources:
@@ -357,17 +359,14 @@ class Gatekeeper:
             headers = []
             route = (None, PathError("scope['headers'] is not a list of byte pairs"),
                      self.routes.defaults)
-        presented, source_error = self._presented_asgi(scope)
-        peer = (None, source_error) if source_error else self._peer(presented)
+        peer = self._gather_peer(lambda source: source.from_asgi(scope))
         token_str, token_error = self._read_token(headers, scope.get("query_string", b""))
         token: RequestPrincipal | None = None
         if token_str is not None and self.token_verifier is not None:
             try:
                 token = await self.token_verifier.averify(token_str)
-            except EndpointSecError as exc:
-                token_error = exc
             except Exception as exc:
-                token_error = TokenError(f"token could not be processed: {type(exc).__name__}")
+                token_error = _token_failure(exc)
         return self._facts(
             method=method, raw_path=raw_path, route=route, peer=peer, token=token,
             token_error=token_error, token_presented=token_str is not None or bool(token_error),
@@ -384,21 +383,7 @@ class Gatekeeper:
         method = str(environ.get("REQUEST_METHOD", ""))
         raw_path = _wsgi_raw_path(environ)
         route = self._wire_route(method, raw_path)
-        found: list[PresentedCertificate] = []
-        source_error: EndpointSecError | None = None
-        for source in self.sources:
-            try:
-                p = source.from_wsgi(environ)
-            except EndpointSecError as exc:
-                source_error = exc
-                break
-            except Exception as exc:
-                source_error = CertificateError(f"source {source.name!r} failed: "
-                                                f"{type(exc).__name__}")
-                break
-            if p is not None:
-                found.append(p)
-        peer = (None, source_error) if source_error else self._peer(found)
+        peer = self._gather_peer(lambda source: source.from_wsgi(environ))
         headers = _wsgi_headers(environ)
         token_str, token_error = self._read_token(
             headers, str(environ.get("QUERY_STRING", "")).encode("latin-1", "replace"))
@@ -406,10 +391,8 @@ class Gatekeeper:
         if token_str is not None and self.token_verifier is not None:
             try:
                 token = self.token_verifier.verify(token_str)
-            except EndpointSecError as exc:
-                token_error = exc
             except Exception as exc:
-                token_error = TokenError(f"token could not be processed: {type(exc).__name__}")
+                token_error = _token_failure(exc)
         websocket = str(environ.get("HTTP_UPGRADE", "")).lower() == "websocket"
         return self._facts(
             method=method, raw_path=raw_path, route=route, peer=peer, token=token,
@@ -484,6 +467,13 @@ class _RecentDecisions:
         while len(entries) >= self.size:
             entries.pop(next(iter(entries)), None)
         entries[key] = (time.monotonic() + self.ttl, expires, generation, facts, decision)
+
+
+def _token_failure(exc: Exception) -> EndpointSecError:
+    """Our own errors pass through (401, 503); anything else is a failed token, never a 500."""
+    if isinstance(exc, EndpointSecError):
+        return exc
+    return TokenError(f"token could not be processed: {type(exc).__name__}")
 
 
 def _quote_path(path: str | bytes) -> str:
