@@ -46,6 +46,24 @@ def _hash_for(key: PrivateKey) -> hashes.SHA256 | None:
     return None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
 
 
+def _ca_extensions(builder: x509.CertificateBuilder, key: PrivateKey) -> x509.CertificateBuilder:
+    """The extensions of a CA certificate (root or intermediate)."""
+    return (
+        builder
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                crl_sign=True, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                       critical=False)
+    )
+
+
 def _key_pem(key: PrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
@@ -117,7 +135,7 @@ class CertificateAuthority:
         key = generate_key(key_kind)
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         now = dt.datetime.now(_UTC)
-        cert = (
+        builder = (
             x509.CertificateBuilder()
             .subject_name(subject)
             .issuer_name(subject)
@@ -125,19 +143,8 @@ class CertificateAuthority:
             .serial_number(x509.random_serial_number())
             .not_valid_before(not_before or now - dt.timedelta(hours=1))
             .not_valid_after(not_after or now + dt.timedelta(days=365))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                    crl_sign=True, encipher_only=False, decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                           critical=False)
-            .sign(key, _hash_for(key))
         )
+        cert = _ca_extensions(builder, key).sign(key, _hash_for(key))
         return cls(certificate=cert, key=key)
 
     @classmethod
@@ -198,22 +205,9 @@ class CertificateAuthority:
                      key_kind: str = "ec") -> CertificateAuthority:
         key = generate_key(key_kind)
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        cert = (
-            self._builder(subject=subject, public_key=key.public_key(), not_before=None,
-                          not_after=dt.datetime.now(_UTC) + dt.timedelta(days=180))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                    crl_sign=True, encipher_only=False, decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                           critical=False)
-            .sign(self.key, _hash_for(self.key))
-        )
+        builder = self._builder(subject=subject, public_key=key.public_key(), not_before=None,
+                                not_after=dt.datetime.now(_UTC) + dt.timedelta(days=180))
+        cert = _ca_extensions(builder, key).sign(self.key, _hash_for(self.key))
         return CertificateAuthority(certificate=cert, key=key, path=(cert, *self.path))
 
     def issue(
