@@ -22,11 +22,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from endpointsec.config import Config
-from endpointsec.gatekeeper import Gatekeeper, SecurityContext, _quote_path
+from endpointsec.gatekeeper import Gatekeeper, SecurityContext
 from endpointsec.integrations.asgi import ASGIMiddleware
 from endpointsec.integrations.wsgi import WSGIMiddleware
 from endpointsec.testing.pki import CertificateAuthority
 from endpointsec.testing.tokens import TokenIssuer
+from endpointsec.wirepath import quote_path as _quote_path
 
 ALICE = "spiffe://test.local/alice"
 POLICY = f"""\

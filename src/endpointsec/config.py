@@ -34,7 +34,6 @@ from endpointsec.policy.config import PolicyConfig
 from endpointsec.tokens.config import TokensConfig
 
 __all__ = [
-    "CacheConfig",
     "Config",
     "RouteConfig",
     "ServerConfig",
@@ -118,29 +117,6 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class CacheConfig:
-    """``[cache]``: the recent-decisions fast path of the ASGI middleware.
-
-    An allowed decision is reused for an identical request (same request line, TLS
-    client certificate, Authorization and Cookie headers, tenant header) for at most
-    ``decisions_ttl`` seconds, never past the certificate's notAfter or the token's
-    ``exp``, and never after a policy reload. ``decisions_ttl = 0`` turns it off.
-    """
-
-    decisions_ttl: float = 1.0
-    decisions_size: int = 4096
-
-    @classmethod
-    def from_table(cls, t: Table) -> CacheConfig:
-        cfg = cls(decisions_ttl=t.number("decisions_ttl", 1.0, minimum=0.0),
-                  decisions_size=t.integer("decisions_size", 4096, minimum=0))
-        if cfg.decisions_ttl > 60:
-            raise ConfigurationError("must be at most 60 seconds", key=t.name("decisions_ttl"))
-        t.finish()
-        return cfg
-
-
-@dataclass(frozen=True, kw_only=True)
 class Config:
     """The whole configuration. Every field has a secure default."""
 
@@ -151,7 +127,6 @@ class Config:
     defaults: Requirements = field(default_factory=Requirements)
     routes: tuple[RouteConfig, ...] = ()
     server: ServerConfig = field(default_factory=ServerConfig)
-    cache: CacheConfig = field(default_factory=CacheConfig)
     #: Where the configuration was read from (``None`` when built in Python).
     source: Path | None = None
 
@@ -165,7 +140,6 @@ class Config:
         policy_t = root.table("policy")
         defaults_t = root.table("defaults")
         server_t = root.table("server")
-        cache_t = root.table("cache")
         defaults = Requirements()
         if defaults_t is not None:
             defaults = requirements_from_table(defaults_t)
@@ -182,7 +156,6 @@ class Config:
             defaults=defaults,
             routes=routes,
             server=ServerConfig.from_table(server_t) if server_t else ServerConfig(),
-            cache=CacheConfig.from_table(cache_t) if cache_t else CacheConfig(),
             source=source,
         )
 

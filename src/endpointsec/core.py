@@ -177,11 +177,14 @@ def decide(facts: RequestFacts, policy: Policy) -> Decision:
         )
 
     # 6. Route-level roles narrow what the policy allowed.
-    try:
-        held = set(subjects) | policy.roles_for(subjects=subjects, domain=facts.domain)
-    except Exception:  # a role lookup error holds no role (a deny), never a 500
-        held = set(subjects)
-    if req.roles and not req.roles.intersection(held):
+    if req.roles and req.roles.isdisjoint(subjects):
+        try:
+            held = policy.roles_for(subjects=subjects, domain=facts.domain)
+        except Exception:  # a role lookup error holds no role (a deny), never a 500
+            held = frozenset()
+    else:
+        held = req.roles
+    if req.roles and req.roles.isdisjoint(held):
         reason = f"route requires one of {sorted(req.roles)}; caller holds {list(subjects)}"
         return Decision(
             allowed=dry_run, status=200 if dry_run else 403, reason=reason,

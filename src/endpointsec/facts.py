@@ -20,7 +20,10 @@ if TYPE_CHECKING:
     from endpointsec.identity.spiffe import SpiffeId
 
 __all__ = [
+    "CERTIFICATE_SUBJECT_PREFIXES",
     "MTLS",
+    "TOKEN_SUBJECT_PREFIXES",
+    "USER_SUBJECT_SEPARATOR",
     "Decision",
     "PeerIdentity",
     "PolicyResult",
@@ -77,22 +80,39 @@ class PeerIdentity:
     spiffe_id: SpiffeId | None = None
     uri_sans: tuple[str, ...] = ()
     dns_sans: tuple[str, ...] = ()
+    #: The earliest ``notAfter`` of the verified chain (the leaf's when only it is known).
     not_after: datetime | None = None
     source: str = "unknown"
     #: The verified chain, leaf first (``cryptography`` certificates).
     chain: tuple[x509.Certificate, ...] = field(default=(), repr=False, compare=False)
+    _id: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.spiffe_id is not None:
+            ident = str(self.spiffe_id)
+        elif self.uri_sans:
+            ident = f"uri:{self.uri_sans[0]}"
+        elif self.dns_sans:
+            ident = f"dns:{self.dns_sans[0]}"
+        else:
+            ident = f"sha256:{self.fingerprint_sha256}"
+        object.__setattr__(self, "_id", ident)
 
     @property
     def id(self) -> str:
-        """The peer principal used in policy: the SPIFFE ID, else the first URI SAN,
-        else ``dns:<first DNS SAN>``, else ``sha256:<fingerprint>``."""
-        if self.spiffe_id is not None:
-            return str(self.spiffe_id)
-        if self.uri_sans:
-            return self.uri_sans[0]
-        if self.dns_sans:
-            return f"dns:{self.dns_sans[0]}"
-        return f"sha256:{self.fingerprint_sha256}"
+        """The peer principal used in policy, a *certificate subject*: the SPIFFE ID,
+        else ``uri:<first URI SAN>``, else ``dns:<first DNS SAN>``, else
+        ``sha256:<fingerprint>``. No token can yield a subject of these forms."""
+        return self._id
+
+
+#: Prefixes of the subjects a certificate yields; a token never yields one of them.
+CERTIFICATE_SUBJECT_PREFIXES = ("spiffe://", "uri:", "dns:", "sha256:")
+#: Prefixes of the subjects a token's roles, scopes and groups yield.
+TOKEN_SUBJECT_PREFIXES = ("role:", "scope:", "group:")
+#: Separates the issuer from the subject in a token's user subject (``<iss>#<sub>``);
+#: configured issuers may not contain it, so the split is unambiguous.
+USER_SUBJECT_SEPARATOR = "#"
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,11 +129,26 @@ class RequestPrincipal:
     #: RFC 8705 ``cnf.x5t#S256`` (base64url SHA-256 thumbprint) if the token is bound.
     cnf_x5t_s256: str | None = None
     claims: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    _subjects: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Worked out once per verified token (the token cache keeps this object).
+        subjects = [f"{self.issuer}{USER_SUBJECT_SEPARATOR}{self.subject}"]
+        subjects.extend(f"role:{r}" for r in sorted(self.roles))
+        subjects.extend(f"scope:{s}" for s in sorted(self.scopes))
+        subjects.extend(f"group:{g}" for g in sorted(self.groups))
+        object.__setattr__(self, "_subjects", tuple(subjects))
 
     @property
     def id(self) -> str:
-        """The request principal used in policy: ``<iss>/<sub>`` (as Istio's requestPrincipal)."""
-        return f"{self.issuer}/{self.subject}"
+        """The user subject used in policy: ``<iss>#<sub>``."""
+        return self._subjects[0]
+
+    @property
+    def token_subjects(self) -> tuple[str, ...]:
+        """The token's policy subjects: ``<iss>#<sub>``, then ``role:``, ``scope:`` and
+        ``group:`` names, each sorted."""
+        return self._subjects
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,18 +165,17 @@ class Principal:
     def subjects(self) -> tuple[str, ...]:
         """The policy subjects, most specific first.
 
-        The peer principal, the request principal, then ``role:<r>``, ``scope:<s>`` and
-        ``group:<g>`` for each role, scope and group mapped from the token.
+        The certificate subject (:attr:`PeerIdentity.id`), the user subject
+        ``<iss>#<sub>``, then ``role:<r>``, ``scope:<s>`` and ``group:<g>`` for each role,
+        scope and group mapped from the token. The two namespaces are disjoint: a
+        certificate cannot yield a token subject, nor a token a certificate subject.
         """
-        out: list[str] = []
-        if self.peer is not None:
-            out.append(self.peer.id)
-        if self.request is not None:
-            out.append(self.request.id)
-            out.extend(f"role:{r}" for r in sorted(self.request.roles))
-            out.extend(f"scope:{s}" for s in sorted(self.request.scopes))
-            out.extend(f"group:{g}" for g in sorted(self.request.groups))
-        return tuple(out)
+        peer, request = self.peer, self.request
+        if request is None:
+            return () if peer is None else (peer._id,)
+        if peer is None:
+            return request._subjects
+        return (peer._id, *request._subjects)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,20 @@ chain, fetching keys, verifying the token). It produces one frozen
 :class:`RequestFacts`; :meth:`Gatekeeper.decide` hands it to the pure
 :func:`endpointsec.core.decide` with the current policy snapshot.
 
+The per-request path reads top to bottom in :meth:`Gatekeeper.gather_asgi` /
+:meth:`Gatekeeper.gather_wsgi`, then :meth:`Gatekeeper.decide`. Each step remembers
+what belongs to its own scope, and nothing keyed on the whole request:
+
+* the **connection**: the certificate source keeps the chain it decoded for the
+  strings the server hands over on every request of a connection, and the verifier
+  keeps a verified chain until the earliest ``notAfter`` of the chain or a trust-bundle
+  reload (:mod:`endpointsec.identity`);
+* the **token**: the verifier keeps the verified principal, with its policy subjects
+  worked out once, until ``exp`` or a key-set change (:mod:`endpointsec.tokens.cache`);
+* the **policy**: the engine keeps, per (subjects, action, domain), the rule buckets
+  that can apply and the roles held, until the policy reloads
+  (:mod:`endpointsec.policy.enforcer`); a new path costs one bucket lookup.
+
 The sync (WSGI, threads) and async (ASGI) paths share every step except the token
 verification call, which is ``verify`` in a thread and ``averify`` on the loop.
 """
@@ -12,8 +26,7 @@ verification call, which is ``verify`` in a thread and ``averify`` on the loop.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +50,14 @@ from endpointsec.facts import (
 )
 from endpointsec.protocols import CertificateSource, ChainVerifier, Policy, TokenVerifier
 from endpointsec.routing import RouteTable
+from endpointsec.wirepath import (
+    asgi_headers,
+    asgi_raw_path,
+    check_normalized_path,
+    check_wire_path,
+    wsgi_headers,
+    wsgi_raw_path,
+)
 
 __all__ = ["Gatekeeper", "SecurityContext"]
 
@@ -72,8 +93,6 @@ class Gatekeeper:
         token_reader: Any = None,
         routes: RouteTable | None = None,
         domain_header: str | None = None,
-        decision_cache_ttl: float = 1.0,
-        decision_cache_size: int = 4096,
     ) -> None:
         self.policy = policy
         self.sources = tuple(sources)
@@ -82,20 +101,12 @@ class Gatekeeper:
         self.token_reader = token_reader
         self.routes = routes or RouteTable()
         self._domain_header = domain_header.lower().encode() if domain_header else None
+        # WSGI servers turn "-" into "_" in HTTP_* keys: the header's environ key.
+        self._domain_environ = ("HTTP_" + domain_header.upper().replace("-", "_")
+                                if domain_header else None)
         if self.sources and self.verifier is None:
             raise ConfigurationError("certificate sources are configured but no verifier",
                                      key="identity")
-        self._recent = _RecentDecisions(ttl=decision_cache_ttl, size=decision_cache_size)
-        self._key_headers = frozenset(
-            {b"authorization", b"cookie"} | ({self._domain_header} if self._domain_header
-                                             else set())
-        )
-        from endpointsec.identity.sources import ASGITLSSource
-
-        # The fast path keys on the scope's TLS extension and a few headers: it is used
-        # only when nothing else (a proxy header, a custom source) can carry identity.
-        self._asgi_fast_path = self._recent.enabled and all(
-            type(s) is ASGITLSSource for s in self.sources)
 
     # -- construction -----------------------------------------------------------------
 
@@ -129,8 +140,6 @@ class Gatekeeper:
             token_reader=build_token_reader(config.tokens),
             routes=routes,
             domain_header=getattr(config.policy, "domain_header", None),
-            decision_cache_ttl=config.cache.decisions_ttl,
-            decision_cache_size=config.cache.decisions_size,
         )
 
     @classmethod
@@ -157,48 +166,6 @@ class Gatekeeper:
             if callable(close):
                 close()
 
-    # -- the recent-decisions fast path (ASGI) -----------------------------------------
-
-    def recent_key_asgi(self, scope: Scope) -> tuple[Any, ...] | None:
-        """The key under which an allowed decision for this request may be remembered:
-        every input of *gather* (request line, TLS extension, the headers tokens and
-        tenants are read from). ``None`` when the request cannot be keyed safely."""
-        if not self._asgi_fast_path:
-            return None
-        try:
-            ext = scope.get("extensions")
-            tls = ext.get("tls") if isinstance(ext, dict) else None
-            chain: Any = None
-            if tls is not None:
-                if not isinstance(tls, dict):
-                    return None
-                c = tls.get("client_cert_chain")
-                chain = (tuple(c) if isinstance(c, list | tuple) else c,
-                         tls.get("client_cert"), tls.get("client_cert_error"))
-            picked = []
-            wanted = self._key_headers
-            for name, value in scope.get("headers", ()):
-                if name in wanted:
-                    picked.append((name, value))
-            key = (scope["type"], scope.get("method"), scope.get("raw_path"),
-                   scope.get("path"), scope.get("query_string"), chain, tuple(picked))
-            hash(key)
-        except (TypeError, ValueError, AttributeError, KeyError):
-            return None
-        return key
-
-    def recent(self, key: tuple[Any, ...]) -> tuple[RequestFacts, Decision] | None:
-        """An allowed decision remembered under ``key``, if still valid."""
-        return self._recent.get(key, generation=getattr(self.policy, "generation", None))
-
-    def remember(self, key: tuple[Any, ...], facts: RequestFacts, decision: Decision) -> None:
-        """Remember an allowed decision (never a refusal, a dry-run or a failure)."""
-        if (not decision.allowed or decision.would_deny or facts.peer_error is not None
-                or facts.token_error is not None or facts.request_error is not None):
-            return
-        self._recent.put(key, facts, decision,
-                         generation=getattr(self.policy, "generation", None))
-
     # -- decide -----------------------------------------------------------------------
 
     def decide(self, facts: RequestFacts) -> Decision:
@@ -212,56 +179,124 @@ class Gatekeeper:
         _log(decision)
         return decision
 
-    # -- gather: shared steps ---------------------------------------------------------
+    # -- the per-request path ---------------------------------------------------------
 
-    def _route(self, method: str, raw_path: str) -> tuple[str | None, PathError | None,
-                                                           Requirements]:
+    async def gather_asgi(self, scope: Scope) -> RequestFacts:
+        """Everything known about an ASGI request (the only I/O: a key fetch, if any)."""
+        websocket = scope["type"] == "websocket"
+        method = "GET" if websocket else str(scope.get("method", ""))
+        raw_path = asgi_raw_path(scope)
+        route = self.route(method, raw_path, wire=True)
+        headers = asgi_headers(scope)
+        if headers is None:
+            headers = []
+            route = (None, PathError("scope['headers'] is not a list of byte pairs"),
+                     self.routes.defaults)
+        peer, peer_error = self._gather_peer(scope, asgi=True)
+        token_str, token_error = self._read_token(headers, scope.get("query_string", b""))
+        token: RequestPrincipal | None = None
+        if token_str is not None and self.token_verifier is not None:
+            try:
+                token = await self.token_verifier.averify(token_str)
+            except Exception as exc:
+                token_error = _token_failure(exc)
+        return _facts(
+            method=method, raw_path=raw_path, route=route, peer=peer, peer_error=peer_error,
+            token=token, token_error=token_error,
+            token_presented=token_str is not None or token_error is not None,
+            domain=self._domain(headers) if self._domain_header else None,
+            websocket=websocket,
+        )
+
+    def gather_wsgi(self, environ: Environ) -> RequestFacts:
+        """Everything known about a WSGI request (may wait for a key fetch)."""
+        method = str(environ.get("REQUEST_METHOD", ""))
+        raw_path = wsgi_raw_path(environ)
+        route = self.route(method, raw_path, wire=True)
+        peer, peer_error = self._gather_peer(environ, asgi=False)
+        headers = wsgi_headers(environ) if self.token_reader is not None else []
+        token_str, token_error = self._read_token(
+            headers, str(environ.get("QUERY_STRING", "")).encode("latin-1", "replace"))
+        token: RequestPrincipal | None = None
+        if token_str is not None and self.token_verifier is not None:
+            try:
+                token = self.token_verifier.verify(token_str)
+            except Exception as exc:
+                token_error = _token_failure(exc)
+        websocket = str(environ.get("HTTP_UPGRADE", "")).lower() == "websocket"
+        domain: str | None = None
+        if self._domain_environ is not None:
+            value = environ.get(self._domain_environ)
+            domain = value if isinstance(value, str) else None
+        return _facts(
+            method=method, raw_path=raw_path, route=route, peer=peer, peer_error=peer_error,
+            token=token, token_error=token_error,
+            token_presented=token_str is not None or token_error is not None,
+            domain=domain, websocket=websocket,
+        )
+
+    def scrub_asgi(self, scope: Scope) -> None:
+        """Remove what the certificate sources must not let the app see (spoofable
+        proxy headers); called before the app runs."""
+        for source in self.sources:
+            source.scrub_asgi(scope)
+
+    def scrub_wsgi(self, environ: Environ) -> None:
+        for source in self.sources:
+            source.scrub_wsgi(environ)
+
+    # -- the steps ----------------------------------------------------------------------
+
+    def route(self, method: str, raw_path: str, *, wire: bool = False) -> _Route:
+        """The normalized path and the route's requirements (or the path's error).
+
+        ``wire=True`` for a path as received from a server: it is also refused when the
+        application would route on something other than the normalized path
+        (:mod:`endpointsec.wirepath`). ``endpointsec explain`` uses it too, so that it
+        answers 400 where the server does.
+        """
+        defaults = self.routes.defaults
+        if wire:
+            error = check_wire_path(raw_path)
+            if error is not None:
+                return None, error, defaults
         try:
             path = self.policy.normalize(raw_path)
         except PathError as exc:
-            return None, exc, self.routes.defaults
+            return None, exc, defaults
         except EndpointSecError as exc:
-            return None, PathError(str(exc)), self.routes.defaults
+            return None, PathError(str(exc)), defaults
         except Exception as exc:  # a normalizer bug is a 400, never a 500
             return None, PathError(f"request path could not be normalized: "
-                                   f"{type(exc).__name__}"), self.routes.defaults
-        if "%2f" in path.lower():
-            # Starlette, FastAPI, Flask and werkzeug route on the *decoded* path, where
-            # %2F is a separator: a template or rule matching "one segment" here would
-            # match two segments in the app (advisory: encoded-slash confusion).
-            return None, PathError("request path contains an encoded slash (%2F) that "
-                                   "the application would decode into a separator"), \
-                self.routes.defaults
+                                   f"{type(exc).__name__}"), defaults
+        error = check_normalized_path(raw_path if wire else path, path)
+        if error is not None:
+            return None, error, defaults
         return path, None, self.routes.match(method, path)
 
-    def _wire_route(self, method: str, raw_path: str) -> tuple[
-        str | None, PathError | None, Requirements
-    ]:
-        """:meth:`_route` for a path as received: also refuses what the app would read
-        differently from the normalized path (advisory: normalization confusion)."""
-        error = _divergent_path(raw_path)
-        if error is not None:
-            return None, error, self.routes.defaults
-        route = self._route(method, raw_path)
-        if route[0] is not None and "//" in raw_path and "//" not in route[0]:
-            # merge_slashes: "//" would be checked as "/", but the app routes "//"
-            # (a private "/{p:path}" ran for "//" when "/" was public).
-            return None, PathError("request path contains an empty segment ('//') that "
-                                   "the application would not merge"), self.routes.defaults
-        return route
-
-    def _peer(self, presented: Sequence[PresentedCertificate]) -> tuple[
-        PeerIdentity | None, EndpointSecError | None
-    ]:
-        if not presented:
-            return None, None
-        first = presented[0]
-        for other in presented[1:]:
-            if other.leaf != first.leaf:
+    def _gather_peer(self, carrier: Scope | Environ, *, asgi: bool
+                     ) -> tuple[PeerIdentity | None, EndpointSecError | None]:
+        """Ask every source, then verify what was presented. A source that fails stops
+        the search: its error is the peer error. Two different leaves are ambiguous."""
+        first: PresentedCertificate | None = None
+        for source in self.sources:
+            try:
+                p = source.from_asgi(carrier) if asgi else source.from_wsgi(carrier)
+            except EndpointSecError as exc:
+                return None, exc
+            except Exception as exc:
+                return None, CertificateError(f"source {source.name!r} failed: "
+                                              f"{type(exc).__name__}")
+            if p is None:
+                continue
+            if first is None:
+                first = p
+            elif p.leaf != first.leaf:
                 return None, CertificateError(
-                    f"ambiguous identity: sources {first.source!r} and {other.source!r} "
-                    "presented different certificates"
-                )
+                    f"ambiguous identity: sources {first.source!r} and {p.source!r} "
+                    "presented different certificates")
+        if first is None:
+            return None, None
         if self.verifier is None:  # pragma: no cover - guarded in __init__
             return None, CertificateError("no verifier configured")
         try:
@@ -287,120 +322,13 @@ class Gatekeeper:
             return None, TokenError(f"token could not be read: {type(exc).__name__}")
 
     def _domain(self, headers: Sequence[tuple[bytes, bytes]]) -> str | None:
-        if self._domain_header is None:
-            return None
+        wanted = self._domain_header
         for name, value in headers:
-            if isinstance(name, bytes) and name.lower() == self._domain_header:
-                return value.decode("latin-1") if isinstance(value, bytes) else None
+            if name.lower() == wanted:
+                return value.decode("latin-1")
         return None
 
-    @staticmethod
-    def _facts(
-        *,
-        method: str,
-        raw_path: str,
-        route: tuple[str | None, PathError | None, Requirements],
-        peer: tuple[PeerIdentity | None, EndpointSecError | None],
-        token: RequestPrincipal | None,
-        token_error: EndpointSecError | None,
-        token_presented: bool,
-        domain: str | None,
-        websocket: bool,
-    ) -> RequestFacts:
-        path, path_error, requirements = route
-        return RequestFacts(
-            method=method,
-            raw_path=raw_path,
-            path=path,
-            request_error=path_error,
-            principal=Principal(peer=peer[0], request=token),
-            requirements=requirements,
-            peer_error=peer[1],
-            token_error=token_error,
-            token_presented=token_presented,
-            domain=domain,
-            websocket=websocket,
-        )
-
-    def _gather_peer(self, read: Callable[[CertificateSource], PresentedCertificate | None]
-                     ) -> tuple[PeerIdentity | None, EndpointSecError | None]:
-        """Ask every source with ``read`` (ASGI or WSGI), then verify what was presented.
-        A source that fails stops the search: its error is the peer error."""
-        found: list[PresentedCertificate] = []
-        for source in self.sources:
-            try:
-                p = read(source)
-            except EndpointSecError as exc:
-                return None, exc
-            except Exception as exc:
-                return None, CertificateError(f"source {source.name!r} failed: "
-                                              f"{type(exc).__name__}")
-            if p is not None:
-                found.append(p)
-        return self._peer(found)
-
-    # -- gather: ASGI -----------------------------------------------------------------
-
-    def scrub_asgi(self, scope: Scope) -> None:
-        for source in self.sources:
-            source.scrub_asgi(scope)
-
-    async def gather_asgi(self, scope: Scope) -> RequestFacts:
-        websocket = scope["type"] == "websocket"
-        method = "GET" if websocket else str(scope.get("method", ""))
-        raw = scope.get("raw_path")
-        # A "#" in raw_path (h11 passes it through) is part of the app's path, not a
-        # fragment to cut: encode it so that the normalizer does not stop there.
-        raw_path = (raw.split(b"?", 1)[0].replace(b"#", b"%23").decode("latin-1")
-                    if isinstance(raw, bytes) else _quote_path(str(scope.get("path", ""))))
-        route = self._wire_route(method, raw_path)
-        headers = _asgi_headers(scope)
-        if headers is None:
-            headers = []
-            route = (None, PathError("scope['headers'] is not a list of byte pairs"),
-                     self.routes.defaults)
-        peer = self._gather_peer(lambda source: source.from_asgi(scope))
-        token_str, token_error = self._read_token(headers, scope.get("query_string", b""))
-        token: RequestPrincipal | None = None
-        if token_str is not None and self.token_verifier is not None:
-            try:
-                token = await self.token_verifier.averify(token_str)
-            except Exception as exc:
-                token_error = _token_failure(exc)
-        return self._facts(
-            method=method, raw_path=raw_path, route=route, peer=peer, token=token,
-            token_error=token_error, token_presented=token_str is not None or bool(token_error),
-            domain=self._domain(headers), websocket=websocket,
-        )
-
-    # -- gather: WSGI -----------------------------------------------------------------
-
-    def scrub_wsgi(self, environ: Environ) -> None:
-        for source in self.sources:
-            source.scrub_wsgi(environ)
-
-    def gather_wsgi(self, environ: Environ) -> RequestFacts:
-        method = str(environ.get("REQUEST_METHOD", ""))
-        raw_path = _wsgi_raw_path(environ)
-        route = self._wire_route(method, raw_path)
-        peer = self._gather_peer(lambda source: source.from_wsgi(environ))
-        headers = _wsgi_headers(environ)
-        token_str, token_error = self._read_token(
-            headers, str(environ.get("QUERY_STRING", "")).encode("latin-1", "replace"))
-        token: RequestPrincipal | None = None
-        if token_str is not None and self.token_verifier is not None:
-            try:
-                token = self.token_verifier.verify(token_str)
-            except Exception as exc:
-                token_error = _token_failure(exc)
-        websocket = str(environ.get("HTTP_UPGRADE", "")).lower() == "websocket"
-        return self._facts(
-            method=method, raw_path=raw_path, route=route, peer=peer, token=token,
-            token_error=token_error, token_presented=token_str is not None or bool(token_error),
-            domain=self._domain(headers), websocket=websocket,
-        )
-
-    # -- gather: direct (CLI explain, tests) ------------------------------------------
+    # -- direct (CLI explain, tests) ----------------------------------------------------
 
     def facts_for(
         self,
@@ -411,62 +339,50 @@ class Gatekeeper:
         token: RequestPrincipal | None = None,
         domain: str | None = None,
         requirements: Requirements | None = None,
+        wire: bool = False,
     ) -> RequestFacts:
-        """Facts for a request described directly (no server, no I/O)."""
-        route = self._route(method, path)
+        """Facts for a request described directly (no server, no I/O). ``wire=True``
+        applies the checks of a path as received (what a server would answer)."""
+        route = self.route(method, path, wire=wire)
         if requirements is not None:
             route = (route[0], route[1], requirements)
-        return self._facts(
-            method=method, raw_path=path, route=route, peer=(peer, None), token=token,
-            token_error=None, token_presented=token is not None, domain=domain,
-            websocket=False,
+        return _facts(
+            method=method, raw_path=path, route=route, peer=peer, peer_error=None,
+            token=token, token_error=None, token_presented=token is not None,
+            domain=domain, websocket=False,
         )
 
 
-class _RecentDecisions:
-    """Allowed decisions for identical gather inputs, for at most ``ttl`` seconds.
+_Route = tuple[str | None, PathError | None, Requirements]
 
-    An entry is also dropped at the certificate's notAfter and the token's ``exp``
-    (whichever is first) and when the policy's generation changes (a reload). Key-set and
-    trust-bundle changes take effect within ``ttl`` (they are polled every few seconds
-    anyway). Bounded: the oldest entry goes first.
-    """
 
-    def __init__(self, *, ttl: float, size: int) -> None:
-        self.ttl = ttl
-        self.size = size
-        self.enabled = ttl > 0 and size > 0
-        self._entries: dict[tuple[Any, ...],
-                            tuple[float, float, Any, RequestFacts, Decision]] = {}
-
-    def get(self, key: tuple[Any, ...], *, generation: Any) -> tuple[RequestFacts,
-                                                                        Decision] | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        deadline, expires, gen, facts, decision = entry
-        if gen != generation or time.monotonic() >= deadline or time.time() >= expires:
-            self._entries.pop(key, None)
-            return None
-        return facts, decision
-
-    def put(self, key: tuple[Any, ...], facts: RequestFacts, decision: Decision, *,
-            generation: Any) -> None:
-        # The TTL runs on the monotonic clock (a wall-clock jump cannot stretch it); the
-        # certificate's and token's expiry are wall-clock instants.
-        now = time.time()
-        expires = now + self.ttl
-        peer, token = decision.principal.peer, decision.principal.request
-        if peer is not None and peer.not_after is not None:
-            expires = min(expires, peer.not_after.timestamp())
-        if token is not None and token.expires_at is not None:
-            expires = min(expires, token.expires_at)
-        if expires <= now:
-            return
-        entries = self._entries
-        while len(entries) >= self.size:
-            entries.pop(next(iter(entries)), None)
-        entries[key] = (time.monotonic() + self.ttl, expires, generation, facts, decision)
+def _facts(
+    *,
+    method: str,
+    raw_path: str,
+    route: _Route,
+    peer: PeerIdentity | None,
+    peer_error: EndpointSecError | None,
+    token: RequestPrincipal | None,
+    token_error: EndpointSecError | None,
+    token_presented: bool,
+    domain: str | None,
+    websocket: bool,
+) -> RequestFacts:
+    path, path_error, requirements = route
+    return RequestFacts(
+        method=method,
+        raw_path=raw_path,
+        path=path,
+        request_error=path_error,
+        principal=Principal(peer=peer, request=token),
+        requirements=requirements,
+        peer_error=peer_error,
+        token_error=token_error,
+        token_presented=token_presented,
+        domain=domain,
+        websocket=websocket,
+    )
 
 
 def _token_failure(exc: Exception) -> EndpointSecError:
@@ -474,78 +390,6 @@ def _token_failure(exc: Exception) -> EndpointSecError:
     if isinstance(exc, EndpointSecError):
         return exc
     return TokenError(f"token could not be processed: {type(exc).__name__}")
-
-
-def _quote_path(path: str | bytes) -> str:
-    # ``path`` is already decoded: a "%" in it is a literal percent sign and must be
-    # quoted, or "%2e%2e" sent as "%252e%252e" would be decoded a second time. Lone
-    # surrogates are passed through as (invalid UTF-8) bytes for the normalizer to refuse.
-    from urllib.parse import quote
-
-    safe = "/:@!$&'()*+,;=-._~"
-    if isinstance(path, bytes):
-        return quote(path, safe=safe)
-    return quote(path, safe=safe, errors="surrogatepass")
-
-
-def _divergent_path(raw_path: str) -> PathError | None:
-    """A wire path whose normalized form is not what the application will route on.
-
-    Starlette, FastAPI, Flask and werkzeug route on the percent-decoded path *without*
-    resolving dot segments and treat a backslash as an ordinary character. The
-    normalizer resolves ``..`` and turns ``\\`` into ``/``, so ``/admin/../healthz``
-    would be checked as the public ``/healthz`` while the app runs its
-    ``/admin/{rest:path}`` handler. Conforming clients never send either form.
-    """
-    path = raw_path.split("?", 1)[0]
-    if "\\" in path:
-        return PathError("request path contains a backslash")
-    if "." in path or "%2" in path:
-        dotted = path.replace("%2e", ".").replace("%2E", ".")
-        if any(seg in (".", "..") for seg in dotted.split("/")):
-            return PathError("request path contains a dot segment ('.' or '..')")
-    return None
-
-
-def _asgi_headers(scope: Mapping[str, Any]) -> list[tuple[bytes, bytes]] | None:
-    headers = scope.get("headers")
-    if headers is None:
-        return []
-    try:
-        out = list(headers)
-    except TypeError:
-        return None
-    for item in out:
-        if (not isinstance(item, tuple | list) or len(item) != 2
-                or not isinstance(item[0], bytes) or not isinstance(item[1], bytes)):
-            return None
-    return out
-
-
-def _wsgi_raw_path(environ: Mapping[str, Any]) -> str:
-    # werkzeug's server and gunicorn pass the undecoded request target.
-    uri = environ.get("RAW_URI") or environ.get("REQUEST_URI")
-    if isinstance(uri, str) and uri.startswith("/"):
-        return uri.split("?", 1)[0].split("#", 1)[0]
-    script = str(environ.get("SCRIPT_NAME", ""))
-    path = str(environ.get("PATH_INFO", ""))
-    # PEP 3333: PATH_INFO is latin-1 decoded bytes; re-encode then quote (the bytes, so
-    # that non-UTF-8 reaches the normalizer as percent-escapes, which it refuses).
-    try:
-        raw = (script + path).encode("latin-1")
-    except UnicodeEncodeError:  # not PEP 3333: characters above U+00FF
-        raw = (script + path).encode("utf-8", "surrogatepass")
-    return _quote_path(raw) if raw else "/"
-
-
-def _wsgi_headers(environ: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
-    out: list[tuple[bytes, bytes]] = []
-    for key, value in environ.items():
-        if isinstance(key, str) and key.startswith("HTTP_") and isinstance(value, str):
-            # PEP 3333 values are latin-1; anything else is replaced, never a crash.
-            name = key[5:].replace("_", "-").lower().encode("latin-1", "replace")
-            out.append((name, value.encode("latin-1", "replace")))
-    return out
 
 
 def _log(decision: Decision) -> None:

@@ -50,15 +50,8 @@ class ASGIMiddleware:
                 await self.app(scope, receive, send)
             return
         gk = self.gatekeeper
-        key = gk.recent_key_asgi(scope)
-        hit = gk.recent(key) if key is not None else None
-        if hit is not None:
-            facts, decision = hit
-        else:
-            facts = self._route_facts(scope, await gk.gather_asgi(scope))
-            decision = gk.decide(facts)
-            if key is not None:
-                gk.remember(key, facts, decision)
+        facts = self._route_facts(scope, await gk.gather_asgi(scope))
+        decision = gk.decide(facts)
         if not decision.allowed:
             if scope["type"] == "websocket":
                 await self._refuse_websocket(scope, receive, send, decision)

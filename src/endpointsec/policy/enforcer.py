@@ -206,42 +206,51 @@ class _Bucket:
 
 
 class _Snapshot:
-    """One immutable policy; subclasses implement :meth:`_evaluate` and :meth:`roles`."""
+    """One immutable policy; subclasses implement :meth:`evaluate` and :meth:`roles`."""
 
     kind = "snapshot"
 
     def __init__(self, *, cache_size: int) -> None:
         self.cache_size = cache_size
-        self.cache: dict[tuple[tuple[str, ...], str, str, str | None], PolicyResult] = {}
         self.request_tokens: tuple[str, ...] = ("sub", "dom", "obj", "act")
 
     def evaluate(self, subjects: tuple[str, ...], resource: str, action: str,
-                 domain: str | None) -> PolicyResult:
-        key = (subjects, resource, action, domain)
-        hit = self.cache.get(key)
-        if hit is not None:
-            return hit
-        try:
-            result = self._evaluate(subjects, resource, action, domain or "*")
-        except Exception as exc:  # fail closed with a reason, never a 500
-            logger.error("policy evaluation failed for %s %s: %s: %s",
-                         action, resource[:200], type(exc).__name__, exc)
-            return PolicyResult(
-                allowed=False, subjects=subjects,
-                reason=f"policy evaluation failed ({type(exc).__name__}: {exc}); denied",
-            )
-        if self.cache_size and len(resource) <= _MAX_CACHED_RESOURCE:
-            if len(self.cache) >= self.cache_size:
-                self.cache.clear()
-            self.cache[key] = result
-        return result
-
-    def _evaluate(self, subjects: tuple[str, ...], resource: str, action: str,
-                  domain: str) -> PolicyResult:  # pragma: no cover - abstract
+                 domain: str | None) -> PolicyResult:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def roles(self, subjects: Sequence[str], domain: str) -> frozenset[str]:
+    def roles(self, subjects: tuple[str, ...], domain: str) -> frozenset[str]:
         raise NotImplementedError  # pragma: no cover - abstract
+
+
+def _failed(subjects: tuple[str, ...], resource: str, action: str,
+            exc: Exception) -> PolicyResult:
+    """An evaluation error is a deny with a reason, never a 500."""
+    logger.error("policy evaluation failed for %s %s: %s: %s",
+                 action, resource[:200], type(exc).__name__, exc)
+    return PolicyResult(
+        allowed=False, subjects=subjects,
+        reason=f"policy evaluation failed ({type(exc).__name__}: {exc}); denied",
+    )
+
+
+class _Bounded(dict[Any, Any]):
+    """A dict that drops its oldest entries beyond ``size`` (insertion order)."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def add(self, key: Any, value: Any) -> None:
+        if self.size <= 0:
+            return
+        while len(self) >= self.size:
+            try:
+                del self[next(iter(self))]
+            except (StopIteration, KeyError, RuntimeError):  # another thread got there
+                break
+        self[key] = value
 
 
 def _explain(*, allow: tuple[tuple[str, ...], str, str] | None,
@@ -309,6 +318,10 @@ class _IndexedSnapshot(_Snapshot):
         self._index = index
         self._edges = edges
         self._reach_cache: dict[tuple[str, str], frozenset[str]] = {}
+        #: Per (subjects, action, domain): the buckets that can apply (see _View).
+        self._views = _Bounded(cache_size)
+        #: Per (subjects, domain): every role held.
+        self._roles = _Bounded(cache_size)
         self.rule_count = len(p_rules)
         self.role_count = len(g_rules)
 
@@ -355,25 +368,25 @@ class _IndexedSnapshot(_Snapshot):
             return self._reach(subject, "*")
         return self._reach(subject, domain) | self._reach(subject, "*")
 
-    def roles(self, subjects: Sequence[str], domain: str) -> frozenset[str]:
+    def roles(self, subjects: tuple[str, ...], domain: str) -> frozenset[str]:
+        key = (subjects, domain)
+        hit = self._roles.get(key)
+        if hit is not None:
+            return hit
         out: set[str] = set()
         for s in subjects:
             out |= self._names(s, domain) - {s}
-        return frozenset(out)
+        result = frozenset(out)
+        self._roles.add(key, result)
+        return result
 
-    def _evaluate(self, subjects: tuple[str, ...], resource: str, action: str,
-                  domain: str) -> PolicyResult:
+    def _view(self, subjects: tuple[str, ...], action: str, domain: str) -> _View:
+        """The buckets of rules that can apply to these subjects, action and domain,
+        each with the caller's subject that reaches it (in the subjects' order)."""
         domains = ("*",) if domain == "*" else (domain, "*")
         actions = ("*",) if action == "*" else (action, "*")
-        segment: str | None = None
-        if resource.startswith("/"):
-            j = resource.find("/", 1)
-            if j != -1:
-                segment = resource[1:j]
-        allow: tuple[_Rule, str] | None = None
-        deny: tuple[_Rule, str] | None = None
         index = self._index
-        found: list[_Rule] = []
+        entries: list[tuple[_Bucket, str]] = []
         for subject in subjects:
             for name in self._names(subject, domain):
                 for dom in domains:
@@ -383,7 +396,49 @@ class _IndexedSnapshot(_Snapshot):
                     for act in actions:
                         bucket = by_action.get(act)
                         if bucket is not None:
-                            bucket.matches(resource, segment, found)
+                            entries.append((bucket, subject))
+        return _View(tuple(entries))
+
+    def evaluate(self, subjects: tuple[str, ...], resource: str, action: str,
+                 domain: str | None) -> PolicyResult:
+        dom = domain or "*"
+        key = (subjects, action, dom)
+        view = self._views.get(key)
+        try:
+            if view is None:
+                view = self._view(subjects, action, dom)
+                self._views.add(key, view)
+            return view.evaluate(subjects, resource, action, dom)
+        except Exception as exc:  # fail closed with a reason, never a 500
+            return _failed(subjects, resource, action, exc)
+
+
+class _View:
+    """What one (subjects, action, domain) can be answered from: the rule buckets the
+    subjects reach, and the answers already explained (an answer that names a rule does
+    not depend on the path, so it is built once per rule and subject)."""
+
+    __slots__ = ("_answers", "entries")
+
+    def __init__(self, entries: tuple[tuple[_Bucket, str], ...]) -> None:
+        self.entries = entries
+        self._answers: dict[tuple[int, str], PolicyResult] = {}
+
+    def evaluate(self, subjects: tuple[str, ...], resource: str, action: str,
+                 domain: str) -> PolicyResult:
+        allow: tuple[_Rule, str] | None = None
+        deny: tuple[_Rule, str] | None = None
+        if self.entries:
+            segment: str | None = None
+            if resource.startswith("/"):
+                j = resource.find("/", 1)
+                if j != -1:
+                    segment = resource[1:j]
+            found: list[_Rule] = []
+            for bucket, subject in self.entries:
+                bucket.matches(resource, segment, found)
+                if not found:
+                    continue
                 for rule in found:
                     if rule.deny:
                         if deny is None or rule.index < deny[0].index:
@@ -391,11 +446,20 @@ class _IndexedSnapshot(_Snapshot):
                     elif allow is None or rule.index < allow[0].index:
                         allow = (rule, subject)
                 found.clear()
-        return _explain(
-            allow=None if allow is None else (allow[0].line, allow[0].sub, allow[1]),
-            deny=None if deny is None else (deny[0].line, deny[0].sub, deny[1]),
-            subjects=subjects, resource=resource, action=action, domain=domain,
-        )
+        decided = deny if deny is not None else allow
+        if decided is None:
+            return _explain(allow=None, deny=None, subjects=subjects, resource=resource,
+                            action=action, domain=domain)
+        rule, subject = decided
+        key = (rule.index, subject)
+        answer = self._answers.get(key)
+        if answer is None:
+            line = (rule.line, rule.sub, subject)
+            answer = _explain(allow=None if rule.deny else line,
+                              deny=line if rule.deny else None, subjects=subjects,
+                              resource=resource, action=action, domain=domain)
+            self._answers[key] = answer
+        return answer
 
 
 # -- the plain-enforcer snapshot (any other model) -----------------------------------------
@@ -408,6 +472,9 @@ class _EnforcerSnapshot(_Snapshot):
 
     def __init__(self, *, enforcer: Any, cache_size: int) -> None:
         super().__init__(cache_size=cache_size)
+        #: Answers per (subjects, resource, action, domain): a plain enforcer call per
+        #: subject is slow. Bounded in entries, and in bytes by _MAX_CACHED_RESOURCE.
+        self._results = _Bounded(cache_size)
         self._enforcer = enforcer
         self._lock = threading.Lock()
         tokens = tuple(t.split("_", 1)[1] for t in enforcer.model.model["r"]["r"].tokens)
@@ -419,6 +486,20 @@ class _EnforcerSnapshot(_Snapshot):
         self.request_tokens = tokens
         self._has_g = "g" in enforcer.model.model and "g" in enforcer.model.model["g"]
         self._g_domain = self._has_g and len(enforcer.model.model["g"]["g"].tokens) > 2
+
+    def evaluate(self, subjects: tuple[str, ...], resource: str, action: str,
+                 domain: str | None) -> PolicyResult:
+        key = (subjects, resource, action, domain)
+        hit = self._results.get(key)
+        if hit is not None:
+            return hit  # type: ignore[no-any-return]
+        try:
+            result = self._evaluate(subjects, resource, action, domain or "*")
+        except Exception as exc:  # fail closed with a reason, never a 500
+            return _failed(subjects, resource, action, exc)
+        if len(resource) <= _MAX_CACHED_RESOURCE:
+            self._results.add(key, result)
+        return result
 
     def _request(self, subject: str, resource: str, action: str, domain: str) -> list[str]:
         values = {"sub": subject, "dom": domain, "obj": resource, "act": action}
@@ -445,7 +526,7 @@ class _EnforcerSnapshot(_Snapshot):
         return _explain(allow=allow, deny=deny, subjects=subjects, resource=resource,
                         action=action, domain=domain)
 
-    def roles(self, subjects: Sequence[str], domain: str) -> frozenset[str]:
+    def roles(self, subjects: tuple[str, ...], domain: str) -> frozenset[str]:
         if not self._has_g:
             return frozenset()
         out: set[str] = set()
@@ -543,7 +624,8 @@ class CasbinPolicy:
     def roles_for(self, *, subjects: Sequence[str], domain: str | None = None) -> frozenset[str]:
         """Every role the subjects hold through ``g`` rules, directly or inherited."""
         try:
-            return self._snapshot.roles(subjects, domain or "*")
+            return self._snapshot.roles(
+                subjects if type(subjects) is tuple else tuple(subjects), domain or "*")
         except Exception as exc:
             logger.error("role lookup failed: %s: %s", type(exc).__name__, exc)
             return frozenset()

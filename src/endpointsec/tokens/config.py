@@ -16,6 +16,11 @@ from urllib.parse import urlsplit
 
 from endpointsec._config import Table
 from endpointsec.errors import ConfigurationError
+from endpointsec.facts import (
+    CERTIFICATE_SUBJECT_PREFIXES,
+    TOKEN_SUBJECT_PREFIXES,
+    USER_SUBJECT_SEPARATOR,
+)
 
 __all__ = [
     "ASYMMETRIC_ALGORITHMS",
@@ -116,6 +121,16 @@ class IssuerConfig:
         key = f"tokens.issuers[{self.issuer!r}]"
         if not self.issuer:
             raise ConfigurationError("must not be empty", key="tokens.issuers.issuer")
+        if USER_SUBJECT_SEPARATOR in self.issuer:
+            # The user subject is "<iss>#<sub>": an issuer with "#" could collide with
+            # another issuer's users (and OpenID issuers have no fragment anyway).
+            raise ConfigurationError(f"must not contain {USER_SUBJECT_SEPARATOR!r}",
+                                     key="tokens.issuers.issuer")
+        if self.issuer.startswith(CERTIFICATE_SUBJECT_PREFIXES + TOKEN_SUBJECT_PREFIXES):
+            raise ConfigurationError(
+                "must not start with a subject prefix (spiffe://, uri:, dns:, sha256:, "
+                "role:, scope:, group:): its users' subjects would look like those of "
+                "certificates or roles", key="tokens.issuers.issuer")
         if not self.audiences or not all(isinstance(a, str) and a for a in self.audiences):
             raise ConfigurationError("at least one non-empty audience is required "
                                      "(RFC 8725 §3.9)", key=f"{key}.audiences")
