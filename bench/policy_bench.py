@@ -79,7 +79,7 @@ def measure(n: int, tmp: Path, budget: float) -> tuple[tuple[str, ...], dict[str
     csv = tmp / f"policy-{n}.csv"
     sub, obj = write_policy(csv, n)
     deny_obj = "/nowhere/1"
-    three = [sub, "https://issuer.example/alice", "role:reader"]
+    three = [sub, "https://issuer.example#alice", "role:reader"]
 
     t0 = time.perf_counter()
     plain = casbin.Enforcer(str(DEFAULT_MODEL_PATH), str(csv))

@@ -24,9 +24,11 @@ from endpointsec import (
     TokenUse,
     decide,
 )
+from endpointsec.identity.spiffe import SpiffeId
 
 FP = hashlib.sha256(b"leaf").hexdigest()
-PEER = PeerIdentity(subject="CN=orders", fingerprint_sha256=FP, uri_sans=("spiffe://a/b",))
+PEER = PeerIdentity(subject="CN=orders", fingerprint_sha256=FP, uri_sans=("spiffe://a/b",),
+                    spiffe_id=SpiffeId("a", "/b"))
 TOKEN = RequestPrincipal(issuer="https://idp", subject="alice", roles=frozenset({"admin"}))
 THUMB = base64.urlsafe_b64encode(bytes.fromhex(FP)).rstrip(b"=").decode()
 
@@ -79,7 +81,7 @@ CASES = [
     ("cert-error", facts(peer_error=CertificateError("expired")), ALLOW_PEER, 401, False),
     ("cert-error-ignored-when-mtls-none",
      facts(peer_error=CertificateError("x"), principal=Principal(request=TOKEN),
-           requirements=Requirements(mtls=MTLS.NONE)), TablePolicy(["https://idp/alice"]),
+           requirements=Requirements(mtls=MTLS.NONE)), TablePolicy(["https://idp#alice"]),
      200, True),
     ("bad-path", facts(path=None, request_error=PathError("%00")), ALLOW_PEER, 400, False),
     ("lowercase-method", facts(method="get", principal=Principal(peer=PEER)), ALLOW_PEER,
@@ -202,7 +204,7 @@ def test_decide_does_not_mutate_and_is_repeatable() -> None:
 def test_subjects_order() -> None:
     p = Principal(peer=PEER, request=replace(TOKEN, scopes=frozenset({"read"}),
                                              groups=frozenset({"g"})))
-    assert p.subjects() == ("spiffe://a/b", "https://idp/alice", "role:admin", "scope:read",
+    assert p.subjects() == ("spiffe://a/b", "https://idp#alice", "role:admin", "scope:read",
                             "group:g")
 
 

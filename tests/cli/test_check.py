@@ -19,7 +19,7 @@ CLEAN_POLICY = f"""\
 p, {ORDERS}, *, /orders/:id, GET, allow
 p, role:admin, *, /orders/*, *, allow
 p, role:admin, *, /orders/vault, *, deny
-g, {IDP}/alice, role:admin, *
+g, {IDP}#alice, role:admin, *
 p, orders:read, *, orders, read, allow
 g, {ORDERS}, orders:read, *
 """
@@ -76,7 +76,7 @@ def test_clean_configuration_exits_0(tmp_path: Path,
                      "policy.csv:8: allow rule [p, role:admin, *, /orders/vault, GET, allow] "
                      "is shadowed by deny rule [p, role:admin, *, /orders/vault, *, deny] "
                      "(for example GET /orders/vault)", id="shadowed-allow"),
-        pytest.param(f"p, {IDP}/alice, *, /orders/:id, PUT, allow", CLEAN_ROUTES
+        pytest.param(f"p, {IDP}#alice, *, /orders/:id, PUT, allow", CLEAN_ROUTES
                      + '\n[[routes]]\npath = "/vault/{id}"\nmethods = ["GET"]\n',
                      "routes[3]: route /vault/{id} has no rule allowing GET "
                      "(for example /vault/_sample_): every request to it is denied",

@@ -51,10 +51,10 @@ def test_described_principal_allowed(tmp_path: Path,
         "normalized:   /orders/1",
         "requirements: mtls=optional token=optional",
         "peer:         - (none)",
-        f"token:        {IDP}/alice (described, NOT verified)",
+        f"token:        {IDP}#alice (described, NOT verified)",
         "ALLOW 200 DELETE /orders/1",
         "  reason:   allowed by a rule for 'role:admin'",
-        f"  subjects: {IDP}/alice, role:admin",
+        f"  subjects: {IDP}#alice, role:admin",
         "  rule:     p, role:admin, *, /orders/*, *, allow",
     ]
 
@@ -125,7 +125,7 @@ def test_token_is_verified_by_the_configured_issuer(
         good = issuer.issue(sub="alice", roles=["admin"])
         assert main(["explain", "--config", str(config), "--method", "PUT",
                      "--path", "/orders/1", "--token", good]) == 0
-        assert f"token:        {issuer.issuer}/alice (verified)" in capsys.readouterr().out
+        assert f"token:        {issuer.issuer}#alice (verified)" in capsys.readouterr().out
         forged = TokenIssuer(issuer=issuer.issuer).issue(sub="mallory", roles=["admin"])
         assert main(["explain", "--config", str(config), "--path", "/orders/1",
                      "--token", forged]) == 1

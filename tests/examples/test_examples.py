@@ -122,7 +122,7 @@ def test_flask_example_over_gunicorn(pki: Path, issuer: TokenIssuer, flask_url: 
     r = call(pki, flask_url, "POST", "/stock/keyboard", cert="warehouse", token=staff,
              json={"add": 2})
     assert r.status_code == 201
-    assert r.json()["caller"] == {"peer": WAREHOUSE, "user": f"{issuer.issuer}/dana"}
+    assert r.json()["caller"] == {"peer": WAREHOUSE, "user": f"{issuer.issuer}#dana"}
     # a path the app would read differently from the authorized one is refused: encoded
     # dot segments, and an encoded slash (which Flask decodes into a separator)
     assert call(pki, flask_url, "GET", "/stock/%2e%2e/admin", cert="web").status_code == 400

@@ -94,7 +94,7 @@ def test_peer_identity_without_spiffe(pki: Pki) -> None:
     leaf = pki.ca.issue_client(uris=["https://svc.example"], dns_names=["svc.example"])
     ident = peer_identity([leaf.certificate])
     assert ident.spiffe_id is None
-    assert ident.id == "https://svc.example"
+    assert ident.id == "uri:https://svc.example"
     dns_only = peer_identity([pki.ca.issue_client(dns_names=["b.example"]).certificate])
     assert dns_only.id == "dns:b.example"
 

@@ -11,6 +11,7 @@ import pytest
 
 from endpointsec import CertificateError, Gatekeeper, PeerIdentity, PresentedCertificate
 from endpointsec.facts import PolicyResult, Requirements
+from endpointsec.identity.spiffe import SpiffeId
 from endpointsec.routing import RouteTable
 
 
@@ -44,6 +45,7 @@ class FakeVerifier:
             raise ZeroDivisionError
         name = presented.leaf.decode()
         return PeerIdentity(subject=f"CN={name}", uri_sans=(f"spiffe://test/{name}",),
+                            spiffe_id=SpiffeId("test", f"/{name}"),
                             fingerprint_sha256=hashlib.sha256(presented.leaf).hexdigest())
 
     identify = verify

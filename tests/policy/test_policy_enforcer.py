@@ -15,12 +15,13 @@ from endpointsec.core import decide
 from endpointsec.errors import ConfigurationError
 from endpointsec.facts import MTLS, PeerIdentity, Principal, RequestFacts, RequestPrincipal
 from endpointsec.facts import Requirements as Req
+from endpointsec.identity.spiffe import parse_spiffe_id
 from endpointsec.policy import DEFAULT_MODEL_PATH, CasbinPolicy
 from endpointsec.policy import enforcer as enforcer_module
 
 WEB = "spiffe://example.org/ns/shop/sa/web"
 BATCH = "spiffe://example.org/ns/shop/sa/batch"
-ISS_ALICE = "https://issuer.example/alice"
+ISS_ALICE = "https://issuer.example#alice"
 
 POLICY_P = [
     (WEB, "*", "/orders/:id", "GET", "allow"),
@@ -124,7 +125,8 @@ def _facts(*, subjects_peer: str | None, roles: frozenset[str] = frozenset(),
            path: str = "/orders/1", method: str = "GET",
            requirements: Req | None = None) -> RequestFacts:
     peer = PeerIdentity(subject="CN=x", fingerprint_sha256="00" * 32,
-                        uri_sans=(subjects_peer,)) if subjects_peer else None
+                        uri_sans=(subjects_peer,),
+                        spiffe_id=parse_spiffe_id(subjects_peer)) if subjects_peer else None
     token = RequestPrincipal(issuer="https://issuer.example", subject="alice", roles=roles)
     return RequestFacts(method=method, raw_path=path, path=path,
                         principal=Principal(peer=peer, request=token),
@@ -304,24 +306,44 @@ def test_reload_under_concurrent_evaluation(policy_file: Path) -> None:
 # -- caches ---------------------------------------------------------------------------------
 
 
-def test_cache_is_bounded(policy_file: Path) -> None:
+def test_views_are_bounded(policy_file: Path) -> None:
     policy = CasbinPolicy(policy=policy_file, cache_size=3)
     for i in range(10):
-        policy.evaluate(subjects=[WEB], resource=f"/orders/{i}", action="GET")
-        assert len(policy._snapshot.cache) <= 3
+        policy.evaluate(subjects=[WEB, f"https://issuer.example#user-{i}"],
+                        resource="/orders/1", action="GET")
+        assert len(policy._snapshot._views) <= 3
 
 
-def test_long_resources_are_not_cached(policy_file: Path) -> None:
+def test_a_new_path_reuses_the_view_and_stores_no_path(policy_file: Path) -> None:
+    """Distinct paths cost a bucket lookup in one view; nothing is keyed on the path, so
+    a long or attacker-chosen path is never kept."""
     policy = CasbinPolicy(policy=policy_file)
     long_path = "/orders/" + "x" * 4000
     assert policy.evaluate(subjects=[WEB], resource=long_path, action="GET").allowed
-    assert policy._snapshot.cache == {}
+    for i in range(100):
+        assert policy.evaluate(subjects=[WEB], resource=f"/orders/{i}", action="GET").allowed
+    views = policy._snapshot._views
+    assert len(views) == 1
+    assert all(long_path not in repr(k) and "/orders/" not in repr(k) for k in views)
 
 
 def test_cache_disabled(policy_file: Path) -> None:
     policy = CasbinPolicy(policy=policy_file, cache_size=0)
     assert policy.evaluate(subjects=[WEB], resource="/orders/1", action="GET").allowed
-    assert policy._snapshot.cache == {}
+    assert not policy.evaluate(subjects=[WEB], resource="/admin", action="GET").allowed
+    assert len(policy._snapshot._views) == 0
+
+
+def test_views_are_dropped_with_their_policy(tmp_path: Path) -> None:
+    """A reload builds a new snapshot: an answer is never served from a view of the old
+    policy."""
+    f = tmp_path / "p.csv"
+    f.write_text(f"p, {WEB}, *, /orders/:id, GET, allow\n", encoding="utf-8")
+    policy = CasbinPolicy(policy=f)
+    assert policy.evaluate(subjects=[WEB], resource="/orders/1", action="GET").allowed
+    f.write_text(f"p, {WEB}, *, /orders/:id, GET, deny\n", encoding="utf-8")
+    policy.reload()
+    assert not policy.evaluate(subjects=[WEB], resource="/orders/2", action="GET").allowed
 
 
 def test_trailing_newline_quirk_matches_casbin() -> None:

@@ -14,6 +14,7 @@ from policy_support import csv_lines
 
 from endpointsec.facts import MTLS, PeerIdentity, Requirements
 from endpointsec.gatekeeper import Gatekeeper
+from endpointsec.identity.spiffe import parse_spiffe_id
 from endpointsec.policy import CasbinPolicy, PathOptions
 from endpointsec.routing import RouteTable
 
@@ -36,7 +37,8 @@ def gatekeeper(tmp_path: Path) -> Gatekeeper:
 
 
 def _peer() -> PeerIdentity:
-    return PeerIdentity(subject="CN=web", fingerprint_sha256="ab" * 32, uri_sans=(WEB,))
+    return PeerIdentity(subject="CN=web", fingerprint_sha256="ab" * 32, uri_sans=(WEB,),
+                        spiffe_id=parse_spiffe_id(WEB))
 
 
 BYPASS_ATTEMPTS = [

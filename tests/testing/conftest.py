@@ -15,7 +15,7 @@ POLICY = f"""\
 p, {ORDERS}, *, /orders/:id, GET, allow
 p, role:admin, *, /orders/*, *, allow
 p, role:admin, *, /orders/secret, *, deny
-g, {IDP}/alice, role:admin, *
+g, {IDP}#alice, role:admin, *
 """
 
 

@@ -136,7 +136,7 @@ def test_asgi_client_sends_the_token(
     admin = endpointsec_issuer.issue(sub="alice", roles=["admin"])
     r = asgi_client(app, token=admin).get("/admin")
     assert r.status_code == 200, r.text
-    assert r.json()["request"] == f"{endpointsec_issuer.issuer}/alice"
+    assert r.json()["request"] == f"{endpointsec_issuer.issuer}#alice"
     reader = endpointsec_issuer.issue(sub="bob", roles=["reader"])
     assert asgi_client(app, token=reader).get("/admin").status_code == 403
 

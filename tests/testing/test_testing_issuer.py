@@ -113,5 +113,5 @@ def test_endpointsec_verifier_accepts_the_issuer(endpointsec_issuer: TokenIssuer
     verifier = build_token_verifier(TokensConfig.from_table(Table(table, key="tokens")))
     assert verifier is not None
     principal = verifier.verify(endpointsec_issuer.issue(sub="alice", roles=["admin"]))
-    assert principal.id == f"{endpointsec_issuer.base_url}/alice"
+    assert principal.id == f"{endpointsec_issuer.base_url}#alice"
     assert principal.roles == frozenset({"admin"})

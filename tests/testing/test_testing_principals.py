@@ -25,7 +25,8 @@ FP = "ab" * 32
     [
         pytest.param("spiffe://example.org/ns/shop/sa/orders",
                      "spiffe://example.org/ns/shop/sa/orders", id="spiffe"),
-        pytest.param("urn:example:service", "urn:example:service", id="other-uri"),
+        pytest.param("urn:example:service", "uri:urn:example:service", id="other-uri"),
+        pytest.param("uri:urn:example:service", "uri:urn:example:service", id="uri-subject"),
         pytest.param("dns:orders.internal", "dns:orders.internal", id="dns"),
         pytest.param(f"sha256:{FP}", f"sha256:{FP}", id="fingerprint"),
     ],
@@ -67,7 +68,8 @@ def test_certificate_with_two_uris_is_not_an_svid() -> None:
         spiffe_id="spiffe://example.org/a", uris=["https://example.org/b"])
     identity = peer_identity(cert)
     assert identity.spiffe_id is None
-    assert identity.id == "spiffe://example.org/a"  # first URI SAN, as PeerIdentity.id says
+    # The first URI SAN, in the certificate namespace: never mistaken for an SVID.
+    assert identity.id == "uri:spiffe://example.org/a"
 
 
 def test_certificate_without_sans_is_identified_by_fingerprint() -> None:
@@ -81,7 +83,7 @@ def test_claims_map_like_the_verifier() -> None:
         "scope": "orders.read orders.write", "scopes": ["extra"], "groups": "ops",
         "exp": dt.datetime(2030, 1, 1, tzinfo=dt.UTC), "cnf": {"x5t#S256": "abc"},
     })
-    assert p.id == "https://idp/alice"
+    assert p.id == "https://idp#alice"
     assert p.audience == ("api",)
     assert p.roles == frozenset({"admin"})
     assert p.scopes == frozenset({"orders.read", "orders.write", "extra"})
@@ -126,7 +128,7 @@ def test_peer_strings_parse_or_raise_our_error(text: str) -> None:
     except ConfigurationError:
         return
     assert isinstance(identity, PeerIdentity)
-    assert identity.id == text or identity.id == f"sha256:{text[7:].lower()}"
+    assert identity.id in (text, f"uri:{text}", f"sha256:{text[7:].lower()}")
 
 
 _claim_values = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(),

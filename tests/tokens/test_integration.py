@@ -58,7 +58,7 @@ def _call(gk: Gatekeeper, headers: list[tuple[bytes, bytes]]) -> tuple[int, dict
 def test_asgi_valid_token(gatekeeper: Gatekeeper, rsa_key: Signer) -> None:
     status, _, body = _call(gatekeeper, [(b"authorization",
                                           f"Bearer {rsa_key.sign()}".encode())])
-    assert status == 200 and body == b"https://issuer.example/user-1"
+    assert status == 200 and body == b"https://issuer.example#user-1"
 
 
 @pytest.mark.parametrize(("value", "challenge_error"), [

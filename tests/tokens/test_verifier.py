@@ -34,7 +34,7 @@ def test_valid_token_gives_principal(verifier: JWTVerifier, signer_name: str,
     p = verifier.verify(token)
     assert p.issuer == ISSUER
     assert p.subject == "user-1"
-    assert p.id == f"{ISSUER}/user-1"
+    assert p.id == f"{ISSUER}#user-1"
     assert p.audience == (AUDIENCE,)
     assert p.roles == {"admin", "reader"}
     assert p.scopes == {"orders:read", "a:b"}

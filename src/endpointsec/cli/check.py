@@ -12,7 +12,7 @@ Problems reported (exit status 1 when there is any, 0 when there is none):
   ``*`` (such requests are refused with 400 before the policy), an object that is not
   a normalized path (``/`` first, no ``.``/``..`` segments, no ``//`` when slashes are
   merged) and no route's ``resource``, a subject that no caller can have (not a
-  principal — ``spiffe://...``, a URI, ``dns:``, ``sha256:``, ``<iss>/<sub>`` — nor
+  principal — ``spiffe://...``, ``uri:``, ``dns:``, ``sha256:``, ``<iss>#<sub>`` — nor
   ``role:``/``scope:``/``group:``, nor a role granted by a ``g`` rule), a ``g`` line
   whose member no caller can be, a duplicate line;
 * allow rules shadowed by a deny: a request the allow rule matches is denied by a
@@ -134,8 +134,17 @@ def _same_text(a: Path, b: Path) -> bool:
 
 
 def _subject_is_principal(sub: str) -> bool:
-    return (sub.startswith(("role:", "scope:", "group:", "dns:", "sha256:"))
-            or "/" in sub or ":" in sub)
+    """A subject some caller can have: a certificate subject (SPIFFE ID, ``uri:``,
+    ``dns:``, ``sha256:``) or a token subject (``role:``, ``scope:``, ``group:``,
+    ``<iss>#<sub>``)."""
+    from endpointsec.facts import (
+        CERTIFICATE_SUBJECT_PREFIXES,
+        TOKEN_SUBJECT_PREFIXES,
+        USER_SUBJECT_SEPARATOR,
+    )
+
+    return (sub.startswith(CERTIFICATE_SUBJECT_PREFIXES + TOKEN_SUBJECT_PREFIXES)
+            or USER_SUBJECT_SEPARATOR in sub)
 
 
 def lint(config_path: Path) -> tuple[list[Problem], list[str]]:
@@ -238,7 +247,8 @@ def _unreachable(rules: Sequence[_Rule], g_rules: Sequence[Sequence[str]],
             out.append(Problem(
                 rule.where,
                 f"[{text}] can never match: subject {sub!r} is no caller's principal "
-                "(spiffe://..., <iss>/<sub>, role:, scope:, group:) and no g rule grants it"))
+                "(spiffe://..., uri:, dns:, sha256:, <iss>#<sub>, role:, scope:, group:) "
+                "and no g rule grants it"))
     return out
 
 

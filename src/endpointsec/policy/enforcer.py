@@ -370,7 +370,7 @@ class _IndexedSnapshot(_Snapshot):
 
     def roles(self, subjects: tuple[str, ...], domain: str) -> frozenset[str]:
         key = (subjects, domain)
-        hit = self._roles.get(key)
+        hit: frozenset[str] | None = self._roles.get(key)
         if hit is not None:
             return hit
         out: set[str] = set()

@@ -77,7 +77,8 @@ def peer_identity(peer: PeerLike) -> PeerIdentity:
     """The peer identity for a SPIFFE ID / URI / ``dns:name`` / ``sha256:hex`` string,
     a certificate, or an :class:`IssuedCertificate` — without chain verification.
 
-    A string becomes an identity whose :attr:`PeerIdentity.id` is that string.
+    A SPIFFE ID, ``dns:``, ``sha256:`` or ``uri:`` string becomes an identity whose
+    :attr:`PeerIdentity.id` is that string; any other URI becomes ``uri:<uri>``.
     """
     if isinstance(peer, PeerIdentity):
         return peer
@@ -99,7 +100,9 @@ def peer_identity(peer: PeerLike) -> PeerIdentity:
         if len(fp) != 64 or any(c not in "0123456789abcdef" for c in fp):
             raise ConfigurationError(f"not a SHA-256 fingerprint: {peer!r}")
         return PeerIdentity(subject="", fingerprint_sha256=fp, source="testing")
-    if ":" in peer:  # any other URI SAN
+    if peer.startswith("uri:"):  # a URI SAN, written as its policy subject
+        peer = peer[4:]
+    if ":" in peer:  # any other URI SAN (its policy subject is "uri:<uri>")
         return PeerIdentity(subject="", fingerprint_sha256=fingerprint, uri_sans=(peer,),
                             source="testing")
     raise ConfigurationError(
