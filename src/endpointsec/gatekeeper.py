@@ -107,6 +107,10 @@ class Gatekeeper:
         if self.sources and self.verifier is None:
             raise ConfigurationError("certificate sources are configured but no verifier",
                                      key="identity")
+        names = getattr(token_reader, "header_names", None)
+        self._token_environ: tuple[tuple[bytes, str], ...] | None = tuple(
+            (n, "HTTP_" + n.decode("latin-1").upper().replace("-", "_")) for n in names
+        ) if isinstance(names, tuple) else None
 
     # -- construction -----------------------------------------------------------------
 
@@ -214,7 +218,7 @@ class Gatekeeper:
         raw_path = wsgi_raw_path(environ)
         route = self.route(method, raw_path, wire=True)
         peer, peer_error = self._gather_peer(environ, asgi=False)
-        headers = wsgi_headers(environ) if self.token_reader is not None else []
+        headers = self._token_headers_wsgi(environ)
         token_str, token_error = self._read_token(
             headers, str(environ.get("QUERY_STRING", "")).encode("latin-1", "replace"))
         token: RequestPrincipal | None = None
@@ -320,6 +324,18 @@ class Gatekeeper:
             return None, exc
         except Exception as exc:  # malformed headers: a failed token, never a 500
             return None, TokenError(f"token could not be read: {type(exc).__name__}")
+
+    def _token_headers_wsgi(self, environ: Environ) -> list[tuple[bytes, bytes]]:
+        """The headers the token reader reads, from a WSGI environ (only those: building
+        every header of the environ would cost more than reading the token)."""
+        if self._token_environ is None:
+            return wsgi_headers(environ) if self.token_reader is not None else []
+        out = []
+        for name, key in self._token_environ:
+            value = environ.get(key)
+            if isinstance(value, str):
+                out.append((name, value.encode("latin-1", "replace")))
+        return out
 
     def _domain(self, headers: Sequence[tuple[bytes, bytes]]) -> str | None:
         wanted = self._domain_header

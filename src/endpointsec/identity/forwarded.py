@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from endpointsec._config import Table
+from endpointsec._memo import Memo
 from endpointsec.errors import ConfigurationError, ForwardedCertificateError
 from endpointsec.facts import PresentedCertificate
 from endpointsec.identity.forwarded_parsers import (
@@ -311,6 +312,8 @@ class ForwardedSource:
         self._wsgi_keys = tuple(_wsgi_key(h) for h in self.header_names)
         self._folded = frozenset(_fold(n) for n in self._asgi_names)
         self._index = {n: i for i, n in enumerate(self._asgi_names)}
+        self._memo: Memo[tuple[tuple[str, ...], ...], PresentedCertificate] = Memo(
+            max_entries=1024, max_bytes=8 * 1024 * 1024)
 
     # -- reading ----------------------------------------------------------------------
 
@@ -329,7 +332,7 @@ class ForwardedSource:
                     continue
             values[i].append(bytes(v).decode("latin-1"))
             found = True
-        return self._build(values) if found else None
+        return self._remembered(values) if found else None
 
     def from_wsgi(self, environ: Environ) -> PresentedCertificate | None:
         if not self.peers.wsgi(environ):
@@ -343,7 +346,20 @@ class ForwardedSource:
                 found = True
             else:
                 values.append([])
-        return self._build(values) if found else None
+        return self._remembered(values) if found else None
+
+    def _remembered(self, values: list[list[str]]) -> PresentedCertificate | None:
+        """:meth:`_build`, remembered under the exact header values: a proxy sends the
+        same certificate header on every request of a client, and decoding it (percent-
+        escapes, base64, DER) would cost more than everything else endpointsec does."""
+        key = tuple(tuple(v) for v in values)
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
+        found = self._build(values)
+        if found is not None:
+            self._memo.put(key, found, size=sum(len(x) for v in values for x in v))
+        return found
 
     def _build(self, values: list[list[str]]) -> PresentedCertificate | None:
         raise NotImplementedError  # pragma: no cover

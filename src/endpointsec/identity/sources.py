@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
+from endpointsec._memo import Memo
 from endpointsec.errors import CertificateError
 from endpointsec.facts import PresentedCertificate
 from endpointsec.identity.certs import MAX_CERTIFICATE_BYTES, pem_to_der
@@ -51,24 +52,11 @@ Environ = MutableMapping[str, Any]
 
 #: The longest chain a source accepts (leaf included).
 MAX_CHAIN_LENGTH = 16
-#: Decoded PEM chains remembered per source (a reused connection hands over the same
-#: strings on every request; decoding them again is the bulk of a warm request).
-_MEMO_SIZE = 1024
-
-
-class _DecodeMemo:
-    """Exact-content memo of PEM -> DER decoding. Bounded; cleared when full."""
-
-    def __init__(self) -> None:
-        self._items: dict[tuple[str | bytes, ...], list[bytes]] = {}
-
-    def get(self, key: tuple[str | bytes, ...]) -> list[bytes] | None:
-        return self._items.get(key)
-
-    def put(self, key: tuple[str | bytes, ...], value: list[bytes]) -> None:
-        if len(self._items) >= _MEMO_SIZE:
-            self._items.clear()
-        self._items[key] = value
+#: Certificates remembered per source, keyed on the exact strings the server hands over
+#: (a reused connection hands over the same ones on every request): decoding them again
+#: would be the bulk of a request. Bounded in entries and bytes (see endpointsec._memo).
+_MEMO_ENTRIES = 1024
+_MEMO_BYTES = 8 * 1024 * 1024
 
 
 def _chain_from_pems(pems: list[Any] | tuple[Any, ...], *, what: str) -> list[bytes]:
@@ -108,10 +96,10 @@ class ASGITLSSource(_ServerSource):
     name = "asgi-tls"
 
     def __init__(self) -> None:
-        self._memo = _DecodeMemo()
-        #: Fast path for a reused connection: the exact PEM strings -> the (immutable)
-        #: PresentedCertificate built from them, when the server reported no error.
-        self._presented: dict[tuple[Any, ...], PresentedCertificate] = {}
+        #: The exact PEM strings -> the (immutable) PresentedCertificate built from them,
+        #: for chains the server reported no error for.
+        self._memo: Memo[tuple[Any, ...], PresentedCertificate] = Memo(
+            max_entries=_MEMO_ENTRIES, max_bytes=_MEMO_BYTES)
 
     def from_asgi(self, scope: Scope) -> PresentedCertificate | None:
         extensions = scope.get("extensions")
@@ -120,17 +108,13 @@ class ASGITLSSource(_ServerSource):
             if type(tls) is dict and tls.get("client_cert_error") is None:
                 chain = tls.get("client_cert_chain")
                 if type(chain) is list and chain:
-                    try:
-                        hit = self._presented.get(tuple(chain))
-                    except TypeError:
-                        hit = None
+                    key = tuple(chain)
+                    hit = self._memo.get(key)
                     if hit is not None:
                         return hit
                     found = self._from_asgi(scope)
-                    if found is not None:
-                        if len(self._presented) >= _MEMO_SIZE:
-                            self._presented.clear()
-                        self._presented[tuple(chain)] = found
+                    if found is not None and all(type(c) is str for c in key):
+                        self._memo.put(key, found, size=sum(len(c) for c in key))
                     return found
         return self._from_asgi(scope)
 
@@ -150,16 +134,7 @@ class ASGITLSSource(_ServerSource):
                 # Tolerated: one PEM string instead of a list of them.
                 ders = _chain_from_pems([chain], what="client_cert_chain")
             elif isinstance(chain, list | tuple):
-                key = tuple(chain)
-                try:
-                    memo = self._memo.get(key)
-                except TypeError:  # unhashable entries: reported by the decoder
-                    memo, key = None, ()
-                if memo is None:
-                    memo = _chain_from_pems(chain, what="client_cert_chain")
-                    if key:
-                        self._memo.put(key, memo)
-                ders = memo
+                ders = _chain_from_pems(chain, what="client_cert_chain")
             else:
                 raise CertificateError("client_cert_chain is not a list of PEM strings")
         else:
@@ -186,20 +161,34 @@ class WSGIEnvironSource(_ServerSource):
     name = "wsgi-environ"
 
     def __init__(self) -> None:
-        self._memo = _DecodeMemo()
+        self._memo: Memo[tuple[Any, ...], PresentedCertificate] = Memo(
+            max_entries=_MEMO_ENTRIES, max_bytes=_MEMO_BYTES)
 
     def from_wsgi(self, environ: Environ) -> PresentedCertificate | None:
         pem = environ.get("SSL_CLIENT_CERT")
+        verify = environ.get("SSL_CLIENT_VERIFY")
+        key: tuple[Any, ...] | None = None
+        if type(pem) is str and "SSL_CLIENT_CERT_CHAIN_0" not in environ:
+            key = (pem, verify)
+            hit = self._memo.get(key)
+            if hit is not None:
+                return hit
+        found = self._from_wsgi(environ, pem, verify)
+        if found is not None and key is not None and (verify is None or type(verify) is str):
+            self._memo.put(key, found, size=len(key[0]))
+        return found
+
+    def _from_wsgi(self, environ: Environ, pem: Any, verify: Any
+                   ) -> PresentedCertificate | None:
         if pem is None or (isinstance(pem, str | bytes) and not pem.strip()):
             return None
         if pem in ("(null)", b"(null)"):  # mod_ssl without a client certificate
             return None
-        verify = environ.get("SSL_CLIENT_VERIFY")
         if verify == "NONE":
             return None
         if not isinstance(pem, str | bytes):
             raise CertificateError("SSL_CLIENT_CERT is not a PEM string")
-        ders = self._memo.get((pem,)) or pem_to_der(pem)
+        ders = pem_to_der(pem)
         if len(ders) != 1:
             raise CertificateError("SSL_CLIENT_CERT must hold exactly one certificate")
         chain: list[bytes] = []
@@ -213,7 +202,6 @@ class WSGIEnvironSource(_ServerSource):
             if not isinstance(item, str | bytes):
                 raise CertificateError(f"SSL_CLIENT_CERT_CHAIN_{i} is not a PEM string")
             chain.extend(pem_to_der(item))
-        self._memo.put((pem,), ders)
         upstream: bool | None = None
         if verify is not None:
             upstream = verify == "SUCCESS"

@@ -31,7 +31,6 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,7 +244,7 @@ class X509ChainVerifier:
         self._require_spiffe = config.require_spiffe
         self._max_depth = config.max_chain_depth
         self._cache_size = config.cache_size
-        self._cache: OrderedDict[tuple[bytes, ...], _Entry] = OrderedDict()
+        self._cache: dict[tuple[bytes, ...], _Entry] = {}
         self._cache_lock = threading.Lock()
 
     # -- public ---------------------------------------------------------------------
@@ -366,18 +365,12 @@ class X509ChainVerifier:
     # -- cache ----------------------------------------------------------------------
 
     def _cache_get(self, key: tuple[bytes, ...], now: float) -> PeerIdentity | None:
-        if self._cache_size <= 0:
+        # Reads take no lock (a dict lookup is atomic); the oldest entry is evicted
+        # first. Each hit checks the deadline and the bundle's version again.
+        entry = self._cache.get(key)
+        if entry is None:
             return None
-        with self._cache_lock:
-            entry = self._cache.get(key)
-            if entry is None:
-                return None
-            self._cache.move_to_end(key)
-        if now >= entry.expires_at:
-            self._cache_drop(key, entry)
-            return None
-        _, version = entry.bundle.current()
-        if version != entry.version:
+        if now >= entry.expires_at or entry.bundle.current()[1] != entry.version:
             self._cache_drop(key, entry)
             return None
         return entry.identity
@@ -391,10 +384,11 @@ class X509ChainVerifier:
         if self._cache_size <= 0:
             return
         with self._cache_lock:
-            self._cache[key] = entry
-            self._cache.move_to_end(key)
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+            cache = self._cache
+            cache.pop(key, None)
+            while len(cache) >= self._cache_size:
+                del cache[next(iter(cache))]
+            cache[key] = entry
 
     @property
     def cache_len(self) -> int:

@@ -28,7 +28,8 @@ from endpointsec.errors import TokenError
 
 __all__ = ["BearerReader"]
 
-_B64TOKEN = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
+#: RFC 6750 b64token: 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+_B64TOKEN_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/"
 _SCHEME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
@@ -42,6 +43,11 @@ class BearerReader:
         self.max_token_bytes = max_token_bytes
         self.cookie = cookie.encode("ascii") if cookie else None
         self.query_param = query_param
+
+    @property
+    def header_names(self) -> tuple[bytes, ...]:
+        """The only headers :meth:`read` looks at (lower-case)."""
+        return (b"authorization", b"cookie") if self.cookie is not None else (b"authorization",)
 
     def read(self, headers: Sequence[tuple[bytes, bytes]], query_string: bytes) -> str | None:
         """The presented token, ``None`` if none, :class:`TokenError` if malformed."""
@@ -81,7 +87,10 @@ class BearerReader:
         if len(token) > self.max_token_bytes:
             raise TokenError(f"bearer token in {where} is longer than "
                              f"{self.max_token_bytes} bytes")
-        if _B64TOKEN.fullmatch(token) is None:
+        body = token.rstrip(b"=")
+        # b64token: one or more allowed characters, then "=" padding only (translate
+        # deletes the allowed characters; anything left is outside the alphabet).
+        if not body or body.translate(None, _B64TOKEN_CHARS):
             raise TokenError(f"bearer token in {where} has characters outside b64token")
         return token.decode("ascii")
 
@@ -91,7 +100,7 @@ class BearerReader:
                              f"{self.max_token_bytes} bytes")
         value = value.strip(b" \t")
         scheme, _, rest = value.partition(b" ")
-        if _SCHEME.fullmatch(scheme) is None:
+        if scheme != b"Bearer" and _SCHEME.fullmatch(scheme) is None:
             raise TokenError("malformed Authorization header", oauth_error="invalid_request")
         if scheme.lower() != b"bearer":
             raise TokenError("Authorization uses a scheme other than Bearer",
