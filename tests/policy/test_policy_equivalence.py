@@ -151,3 +151,29 @@ def test_object_matcher_equals_casbin_key_match2(template: str, path: str) -> No
     else:
         got = bool(_IndexedSnapshot._matcher(template, "test")(path))
     assert got is expected, (template, path)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(phases=st.lists(
+           st.tuples(st.lists(p_rule, max_size=10), st.lists(g_rule, max_size=6),
+                     st.lists(request, min_size=1, max_size=6)),
+           min_size=2, max_size=4))
+def test_views_follow_every_reload(phases: list[Any]) -> None:
+    """The views of the indexed engine (per subjects, action and domain) are answered
+    from the policy in force: interleaved reloads and repeated requests answer as a
+    fresh ``casbin.Enforcer`` of the current rules, never from an older policy."""
+    adapter = ListAdapter([], [])
+    ours = CasbinPolicy(adapter=adapter)
+    seen: list[Any] = []
+    for p, g, requests in phases:
+        if not all(_compiles(r[2]) for r in p):
+            continue
+        adapter.p, adapter.g = list(p), list(g)
+        ours.reload()
+        ref = _reference(p, g)
+        for subjects, obj, act, dom in requests + seen[-6:]:  # new requests and old ones
+            expected, _ = _expected(ref, subjects, obj, act, dom)
+            for _ in range(2):  # a miss, then a hit on the same view
+                result = ours.evaluate(subjects=subjects, resource=obj, action=act, domain=dom)
+                assert result.allowed is expected, (p, g, subjects, obj, act, dom)
+        seen.extend(requests)
