@@ -244,3 +244,39 @@ def test_pytest_extra_is_lean() -> None:
     assert "endpointsec[pytest]" in extras["dev"]
     assert extras["test"] == ["endpointsec[dev]"]
     assert "dev" in extras["all"][0]
+
+
+HEAVY = ["casbin", "cryptography", "jwt", "starlette", "httpx", "werkzeug", "fastapi",
+         "flask", "endpointsec.gatekeeper", "endpointsec.config", "endpointsec.core",
+         "endpointsec.testing.pki", "endpointsec.testing.clients", "endpointsec.testing.suites"]
+
+
+def test_loading_the_plugin_imports_nothing_heavy() -> None:
+    """pytest loads the plugin in every run of every project with endpointsec installed;
+    a session that uses no endpointsec fixture must not pay for endpointsec's imports."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys\n"
+            "import pytest\n"
+            "before = set(sys.modules)\n"
+            "import endpointsec.testing.plugin\n"
+            "print(json.dumps(sorted(set(sys.modules) - before)))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    loaded = json.loads(out)
+    assert "endpointsec.testing.plugin" in loaded
+    heavy = [m for m in loaded if any(m == h or m.startswith(h + ".") for h in HEAVY)]
+    assert heavy == []
+
+
+def test_plugin_fixtures_still_work_when_loaded_lazily(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        def test_fixtures(endpointsec_ca, endpointsec_client_cert, endpointsec_issuer):
+            cert = endpointsec_client_cert("spiffe://example.org/a", eku=["client", "server"])
+            assert cert.certificate.issuer == endpointsec_ca.certificate.subject
+            assert endpointsec_issuer.issue(sub="x").count(".") == 2
+    """)
+    pytester.runpytest_subprocess("-W", "error", "-p", "no:cacheprovider").assert_outcomes(
+        passed=1)
