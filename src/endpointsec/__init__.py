@@ -2,7 +2,7 @@
 
 mTLS client identity, bearer-token verification and Casbin least-privilege
 authorization, as ASGI and WSGI middleware. The documentation is the ``docs/`` folder
-of the source distribution (a mkdocs site).
+of the repository (a mkdocs site).
 
 The names below are imported on first use, so that ``import endpointsec`` (and the
 pytest plugin, which every pytest run of a project with endpointsec installed loads)
