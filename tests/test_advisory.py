@@ -1087,35 +1087,6 @@ def test_attack_flask_path_tricks(world: World) -> None:
     assert ran == []
 
 
-# -- responses never echo ------------------------------------------------------------------
-
-
-def test_attack_responses_never_echo_input(asgi: tuple[ASGIMiddleware, Recorder],
-                                           world: World) -> None:
-    mw, rec = asgi
-    marker = "zzMARKERzz"
-    token = world.issuer.issue(sub=marker, aud=marker)
-    cases = [
-        http_scope(f"/files/{marker}%00".encode(), cert=world.alice),
-        http_scope(f"/files/{marker}".encode(),
-                   headers=[(b"authorization", f"Bearer {token}".encode())]),
-        http_scope(f"/files/{marker}".encode(), cert=world.alice,
-                   headers=[(b"authorization", f"Bearer {token}".encode())]),
-        http_scope(f"/files/{marker}".encode(),
-                   headers=[(b"authorization", f"Basic {marker}".encode())]),
-        http_scope(b"/secret", cert=world.alice,
-                   headers=[(b"x-tenant", marker.encode())]),
-        http_scope(f"/{marker}".encode(), method=marker.upper()),
-    ]
-    for scope in cases:
-        result = run_asgi(mw, scope, rec)
-        assert result.status in (400, 401, 403)
-        wire = result.body + json.dumps(result.headers).encode()
-        assert marker.encode() not in wire
-        assert marker.upper().encode() not in wire
-        assert token.encode() not in wire
-
-
 # -- the demo runs only what ships inside the package --------------------------------------
 
 
@@ -1152,3 +1123,33 @@ def test_advisory_demo_never_executes_code_found_above_the_package(tmp_path: Pat
     assert not marker.exists(), "the demo executed an app.py found above the package"
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "15 of 15 requests got the answer the policy promises." in proc.stdout
+
+
+# -- responses never echo ------------------------------------------------------------------
+
+
+def test_attack_responses_never_echo_input(asgi: tuple[ASGIMiddleware, Recorder],
+                                           world: World) -> None:
+    mw, rec = asgi
+    marker = "zzMARKERzz"
+    token = world.issuer.issue(sub=marker, aud=marker)
+    cases = [
+        http_scope(f"/files/{marker}%00".encode(), cert=world.alice),
+        http_scope(f"/files/{marker}".encode(),
+                   headers=[(b"authorization", f"Bearer {token}".encode())]),
+        http_scope(f"/files/{marker}".encode(), cert=world.alice,
+                   headers=[(b"authorization", f"Bearer {token}".encode())]),
+        http_scope(f"/files/{marker}".encode(),
+                   headers=[(b"authorization", f"Basic {marker}".encode())]),
+        http_scope(b"/secret", cert=world.alice,
+                   headers=[(b"x-tenant", marker.encode())]),
+        http_scope(f"/{marker}".encode(), method=marker.upper()),
+    ]
+    for scope in cases:
+        result = run_asgi(mw, scope, rec)
+        assert result.status in (400, 401, 403)
+        wire = result.body + json.dumps(result.headers).encode()
+        assert marker.encode() not in wire
+        assert marker.upper().encode() not in wire
+        assert token.encode() not in wire
+
