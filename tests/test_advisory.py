@@ -1089,6 +1089,44 @@ def test_attack_flask_path_tricks(world: World) -> None:
     assert ran == []
 
 
+# -- the demo runs only what ships inside the package --------------------------------------
+
+
+def test_advisory_demo_never_executes_code_found_above_the_package(tmp_path: Path) -> None:
+    """`endpointsec demo` once looked for ``examples/fastapi_app/app.py`` in every parent
+    directory of the installed package, up to ``/``, and executed the first it found: any
+    user able to write such a file above site-packages (a shared /tmp, a home directory)
+    ran code in the demo's process. The demo now runs the example shipped in the package."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import endpointsec
+
+    package = Path(endpointsec.__file__).parent
+    lib = tmp_path / "venv" / "lib" / "site-packages"
+    shutil.copytree(package, lib / "endpointsec", ignore=shutil.ignore_patterns("__pycache__"))
+    planted = tmp_path / "examples" / "fastapi_app"
+    planted.mkdir(parents=True)
+    for name in ("endpointsec.toml", "policy.csv"):  # what the demo needs to get that far
+        shutil.copy(package / "cli" / "_demo" / name, planted / name)
+    marker = tmp_path / "planted-code-ran"
+    (planted / "app.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
+        "raise SystemExit(97)\n")
+    script = ("import sys, endpointsec\n"
+              "assert endpointsec.__file__.startswith(sys.argv[1]), endpointsec.__file__\n"
+              "from endpointsec.cli import main\n"
+              "sys.exit(main(['demo']))\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(lib)], cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(lib)},
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert not marker.exists(), "the demo executed an app.py found above the package"
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "15 of 15 requests got the answer the policy promises." in proc.stdout
+
+
 # -- responses never echo ------------------------------------------------------------------
 
 

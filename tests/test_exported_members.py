@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import importlib
+
+import pytest
+
 import endpointsec
 
 
@@ -23,3 +27,12 @@ def test_exceptions_form_one_tree() -> None:
     }
     for cls, status in statuses.items():
         assert cls.status_code == status
+
+
+def test_every_export_resolves_lazily() -> None:
+    """``import endpointsec`` imports the names it exports on first use."""
+    assert set(endpointsec._LAZY) == set(endpointsec.__all__) - {"__version__"}
+    for name, module in endpointsec._LAZY.items():
+        assert getattr(endpointsec, name) is getattr(importlib.import_module(module), name)
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        _ = endpointsec.nothing_here  # type: ignore[attr-defined]

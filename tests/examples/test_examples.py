@@ -15,13 +15,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from endpointsec.cli.demo import find_example, prepare_example
+from endpointsec.cli.demo import prepare_example
 from endpointsec.testing.pki import CertificateAuthority
 from endpointsec.testing.tokens import TokenIssuer
 
 WEB = "spiffe://shop.local/ns/shop/sa/web"
 WAREHOUSE = "spiffe://shop.local/ns/shop/sa/warehouse"
 ADMIN = "spiffe://shop.local/ns/shop/sa/admin-console"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def free_port() -> int:
@@ -51,10 +52,10 @@ def issuer() -> Iterator[TokenIssuer]:
 def serve(example: str, pki: Path, issuer: TokenIssuer) -> Iterator[str]:
     work = pki.parent
     port = free_port()
-    config = prepare_example(work, find_example(example), issuer_url=issuer.issuer, port=port)
+    config = prepare_example(work, EXAMPLES / example, issuer_url=issuer.issuer, port=port)
     proc = subprocess.Popen(
         [sys.executable, "-m", "endpointsec.cli", "serve", "app:app", "--config", str(config),
-         "--app-dir", str(find_example(example))],
+         "--app-dir", str(EXAMPLES / example)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ},
     )
     try:

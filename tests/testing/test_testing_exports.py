@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 
 import pytest
@@ -19,10 +20,21 @@ def test_exported_name_is_documented(name: str) -> None:
 
 def test_all_is_sorted_and_complete() -> None:
     assert testing.__all__ == sorted(testing.__all__, key=lambda n: (not n.isupper(), n))
-    public = {n for n in vars(testing)
+    public = {n for n in dir(testing)
               if not n.startswith(("_", "@")) and n != "annotations"}  # "@": pytest rewrite
-    modules = {"assertions", "clients", "pki", "principals", "suites", "tokens", "plugin"}
+    modules = {"assertions", "clients", "pki", "principals", "suites", "tokens", "plugin",
+               "importlib", "typing"}
     assert public - modules == set(testing.__all__)
+
+
+def test_every_export_resolves_lazily() -> None:
+    """The package imports its helpers on first use; every name it exports resolves."""
+    assert set(testing._LAZY) == set(testing.__all__)
+    for name in testing.__all__:
+        module = importlib.import_module(testing._LAZY[name])
+        assert getattr(testing, name) is getattr(module, name)
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        _ = testing.nothing_here  # type: ignore[attr-defined]
 
 
 def test_plugin_fixtures_are_documented() -> None:

@@ -171,3 +171,112 @@ def test_unknown_eku_and_conflicting_validity(project: pytest.Pytester) -> None:
                                         not_after=dt.datetime.now(dt.UTC))
     """)
     project.runpytest().assert_outcomes(passed=1)
+
+
+USER_TEST = '''
+from fastapi import FastAPI, Security
+
+from endpointsec import Config
+from endpointsec.integrations.fastapi import EndpointSec
+
+ORDERS = "spiffe://example.org/ns/shop/sa/orders"
+
+
+def make_app(config):
+    sec = EndpointSec(config=config)
+    app = FastAPI()
+    sec.install(app)
+
+    @app.get("/orders/{order_id}")
+    async def get_order(order_id: int, caller=Security(sec.require())):
+        return {"caller": caller.peer.id}
+
+    @app.get("/admin")
+    async def admin():
+        return {"ok": True}
+
+    return app
+
+
+def test_orders_service(endpointsec_ca_bundle, endpointsec_client_cert,
+                        endpointsec_issuer, endpointsec_asgi_client, tmp_path):
+    (tmp_path / "policy.csv").write_text(
+        f"p, {ORDERS}, *, /orders/:id, GET, allow\\n"
+        "p, role:admin, *, /admin, GET, allow\\n")
+    config = Config.from_mapping({
+        "identity": {"sources": ["asgi-tls"],
+                     "trust_bundles": [str(endpointsec_ca_bundle)]},
+        "tokens": {"issuers": [endpointsec_issuer.issuer_table()]},
+        "policy": {"policy": str(tmp_path / "policy.csv")},
+        "defaults": {"mtls": "optional"},
+    })
+    app = make_app(config)
+
+    orders = endpointsec_asgi_client(app, cert=endpointsec_client_cert(ORDERS))
+    assert orders.get("/orders/1").json() == {"caller": ORDERS}
+    assert orders.get("/admin").status_code == 403
+
+    admin = endpointsec_issuer.issue(sub="alice", roles=["admin"])
+    assert endpointsec_asgi_client(app, token=admin).get("/admin").status_code == 200
+    assert endpointsec_asgi_client(app).get("/orders/1").status_code == 401
+'''
+
+
+def test_user_end_to_end_test_passes_with_warnings_as_errors(pytester: pytest.Pytester) -> None:
+    """A user's end-to-end test (the one in docs/testing.md), in a project of its own
+    with no configuration, run in a fresh interpreter with ``-W error``: nothing the
+    plugin or its test client imports may warn."""
+    pytester.makepyfile(test_orders=USER_TEST)
+    result = pytester.runpytest_subprocess("-W", "error", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+
+
+def test_pytest_extra_is_lean() -> None:
+    """``endpointsec[pytest]`` is what the plugin needs (starlette's TestClient warns
+    without httpx2), not the project's own development tools."""
+    import tomllib
+    from pathlib import Path
+
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    extras = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]
+    names = {req.split(">")[0].split("[")[0].strip() for req in extras["pytest"]}
+    assert names == {"pytest", "httpx2"}
+    assert "endpointsec[pytest]" in extras["dev"]
+    assert extras["test"] == ["endpointsec[dev]"]
+    assert "dev" in extras["all"][0]
+
+
+HEAVY = ["casbin", "cryptography", "jwt", "starlette", "httpx", "werkzeug", "fastapi",
+         "flask", "endpointsec.gatekeeper", "endpointsec.config", "endpointsec.core",
+         "endpointsec.testing.pki", "endpointsec.testing.clients", "endpointsec.testing.suites"]
+
+
+def test_loading_the_plugin_imports_nothing_heavy() -> None:
+    """pytest loads the plugin in every run of every project with endpointsec installed;
+    a session that uses no endpointsec fixture must not pay for endpointsec's imports."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys\n"
+            "import pytest\n"
+            "before = set(sys.modules)\n"
+            "import endpointsec.testing.plugin\n"
+            "print(json.dumps(sorted(set(sys.modules) - before)))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    loaded = json.loads(out)
+    assert "endpointsec.testing.plugin" in loaded
+    heavy = [m for m in loaded if any(m == h or m.startswith(h + ".") for h in HEAVY)]
+    assert heavy == []
+
+
+def test_plugin_fixtures_still_work_when_loaded_lazily(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        def test_fixtures(endpointsec_ca, endpointsec_client_cert, endpointsec_issuer):
+            cert = endpointsec_client_cert("spiffe://example.org/a", eku=["client", "server"])
+            assert cert.certificate.issuer == endpointsec_ca.certificate.subject
+            assert endpointsec_issuer.issue(sub="x").count(".") == 2
+    """)
+    pytester.runpytest_subprocess("-W", "error", "-p", "no:cacheprovider").assert_outcomes(
+        passed=1)

@@ -1,10 +1,16 @@
 """``endpointsec demo``: the whole product in one command.
 
 Creates a throwaway PKI and token issuer in a temporary directory, starts the FastAPI
-example (``examples/fastapi_app``) over real mutual TLS on 127.0.0.1 with uvicorn and
-endpointsec's certificate-passing protocol, sends requests as several callers, prints a
-table of what happened and why (each decision's explanation), then stops everything.
-The exit status is 0 when every request got the answer the example's policy promises.
+orders example over real mutual TLS on 127.0.0.1 with uvicorn and endpointsec's
+certificate-passing protocol, sends requests as several callers, prints a table of what
+happened and why (each decision's explanation), then stops everything. The exit status
+is 0 when every request got the answer the example's policy promises.
+
+The example ships inside the package (``endpointsec/cli/_demo``, the same files as the
+repository's ``examples/fastapi_app``), so the demo runs from an installed wheel. It
+never runs code found outside the package unless ``--example DIR`` names it.
+
+Needs FastAPI and uvicorn: ``pip install 'endpointsec[fastapi,uvicorn]'``.
 """
 
 from __future__ import annotations
@@ -30,11 +36,15 @@ from typing import Any
 
 from endpointsec.facts import Decision
 
-__all__ = ["find_example", "prepare_example", "register", "run_demo"]
+__all__ = ["DEMO_EXAMPLE", "prepare_example", "register", "run_demo"]
 
 TRUST_DOMAIN = "shop.local"
 WEB = f"spiffe://{TRUST_DOMAIN}/ns/shop/sa/web"
 ADMIN = f"spiffe://{TRUST_DOMAIN}/ns/shop/sa/admin-console"
+
+#: The orders example shipped with the package: ``app.py``, ``endpointsec.toml``,
+#: ``policy.csv``. The demo runs this copy, never one found next to the installation.
+DEMO_EXAMPLE = Path(__file__).resolve().parent / "_demo"
 
 
 def register(sub: Any) -> None:
@@ -42,22 +52,13 @@ def register(sub: Any) -> None:
         "demo", help="run the FastAPI example over real mTLS and show the decisions",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--example", type=Path, default=None,
-                   help="the example directory (default: examples/fastapi_app of the checkout)")
-    p.add_argument("--keep", type=Path, default=None,
+    p.add_argument("--example", type=Path, default=None, metavar="DIR",
+                   help="run the app.py, endpointsec.toml and policy.csv of this directory "
+                        "(its code is executed) instead of the example shipped with "
+                        "endpointsec")
+    p.add_argument("--keep", type=Path, default=None, metavar="DIR",
                    help="also copy the generated PKI and configuration to this directory")
     p.set_defaults(handler=lambda args: run_demo(example=args.example, keep=args.keep))
-
-
-def find_example(name: str = "fastapi_app") -> Path:
-    """The example directory of the source checkout endpointsec runs from."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        candidate = parent / "examples" / name
-        if (candidate / "app.py").is_file():
-            return candidate
-    raise SystemExit(f"endpointsec demo: examples/{name} not found next to {here}; "
-                     "run the demo from a clone of the repository")
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,15 @@ class _DecisionLog(logging.Handler):
         return last
 
 
+def _require_server_stack() -> None:
+    missing = [name for name in ("fastapi", "uvicorn", "httptools")
+               if importlib.util.find_spec(name) is None]
+    if missing:
+        raise SystemExit(
+            f"endpointsec demo: {', '.join(missing)} not installed; the demo serves a FastAPI "
+            "app with uvicorn: pip install 'endpointsec[fastapi,uvicorn]'")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -97,12 +107,21 @@ def _free_port() -> int:
 
 
 def _load_app(example: Path, config: Path) -> Any:
-    os.environ["ENDPOINTSEC_CONFIG"] = str(config)
+    """Execute ``example/app.py`` (the packaged example unless ``--example`` named another
+    directory) with ``ENDPOINTSEC_CONFIG`` pointing at the demo's configuration."""
     spec = importlib.util.spec_from_file_location("endpointsec_demo_app", example / "app.py")
     if spec is None or spec.loader is None:
         raise SystemExit(f"endpointsec demo: cannot load {example / 'app.py'}")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    previous = os.environ.get("ENDPOINTSEC_CONFIG")
+    os.environ["ENDPOINTSEC_CONFIG"] = str(config)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        if previous is None:
+            del os.environ["ENDPOINTSEC_CONFIG"]
+        else:
+            os.environ["ENDPOINTSEC_CONFIG"] = previous
     return module.app
 
 
@@ -154,7 +173,8 @@ def run_demo(*, example: Path | None = None, keep: Path | None = None) -> int:
     from endpointsec.testing.pki import CertificateAuthority
     from endpointsec.testing.tokens import TokenIssuer
 
-    example = example or find_example()
+    _require_server_stack()
+    example = DEMO_EXAMPLE if example is None else example
     log = _DecisionLog()
     decision_logger = logging.getLogger("endpointsec.decision")
     decision_logger.addHandler(log)

@@ -8,6 +8,9 @@
         --spiffe-id spiffe://shop.local/ns/shop/sa/orders
 
 For demos and tests only: keys are written unencrypted (mode 0600).
+
+``--spiffe-id`` must be a valid SPIFFE ID (``spiffe://<trust domain>/<path>``); a URI
+that is not one goes in with ``--uri-san``.
 """
 
 from __future__ import annotations
@@ -30,30 +33,56 @@ def register(sub: Any) -> None:
     psub = p.add_subparsers(dest="pki_command", metavar="ACTION", required=True)
 
     init = psub.add_parser("init", help="create a CA (ca.pem, ca.key)")
-    init.add_argument("--dir", type=Path, default=Path("pki"))
-    init.add_argument("--name", default="endpointsec development CA")
-    init.add_argument("--key", choices=["ec", "rsa", "ed25519"], default="ec")
+    init.add_argument("--dir", type=Path, default=Path("pki"), help=_DIR_HELP)
+    init.add_argument("--name", default="endpointsec development CA",
+                      help="the CA's subject common name")
+    init.add_argument("--key", choices=["ec", "rsa", "ed25519"], default="ec",
+                      help="key type (default: ec, P-256)")
     init.add_argument("--force", action="store_true", help="overwrite an existing CA")
     init.set_defaults(handler=_init)
 
     server = psub.add_parser("server", help="issue a server certificate (serverAuth)")
-    server.add_argument("--dir", type=Path, default=Path("pki"))
-    server.add_argument("--name", default="server", help="file name stem")
-    server.add_argument("--host", action="append", dest="hosts",
-                        help="DNS name or IP address (repeatable)")
+    server.add_argument("--dir", type=Path, default=Path("pki"), help=_DIR_HELP)
+    server.add_argument("--name", default="server",
+                        help="file name stem: NAME.pem and NAME.key (default: server)")
+    server.add_argument("--host", action="append", dest="hosts", metavar="HOST",
+                        help="DNS name or IP address (repeatable; default: localhost and "
+                             "127.0.0.1)")
     server.set_defaults(handler=_server)
 
     client = psub.add_parser("client", help="issue a client certificate (clientAuth)")
-    client.add_argument("--dir", type=Path, default=Path("pki"))
-    client.add_argument("--name", required=True, help="file name stem")
-    client.add_argument("--spiffe-id", help="the SPIFFE ID (the only URI SAN)")
-    client.add_argument("--uri", action="append", default=[], help="extra URI SAN")
-    client.add_argument("--dns", action="append", default=[], help="DNS SAN")
+    client.add_argument("--dir", type=Path, default=Path("pki"), help=_DIR_HELP)
+    client.add_argument("--name", required=True,
+                        help="file name stem: NAME.pem and NAME.key")
+    client.add_argument("--spiffe-id", type=_spiffe_id,
+                        help="the workload's SPIFFE ID, spiffe://<trust domain>/<path> "
+                             "(checked; an X.509-SVID has it as its only URI SAN)")
+    client.add_argument("--uri-san", "--uri", action="append", default=[], dest="uri",
+                        metavar="URI",
+                        help="a URI SAN taken as given, not checked as a SPIFFE ID "
+                             "(repeatable)")
+    client.add_argument("--dns", action="append", default=[], help="DNS SAN (repeatable)")
     client.add_argument("--cn", help="subject common name")
     client.add_argument("--ou", action="append", default=[],
                         help="subject organizational unit, e.g. a team or role (repeatable)")
     client.add_argument("--days", type=int, default=30, help="validity in days")
     client.set_defaults(handler=_client)
+
+
+_DIR_HELP = "directory of the CA and the files written (default: pki)"
+
+
+def _spiffe_id(value: str) -> str:
+    from endpointsec.errors import CertificateError
+    from endpointsec.identity.spiffe import parse_spiffe_id
+
+    try:
+        parse_spiffe_id(value)
+        return value
+    except CertificateError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a valid SPIFFE ID: {exc} (a URI that is not a SPIFFE ID "
+            "goes in with --uri-san)") from None
 
 
 def _load_ca(directory: Path) -> CertificateAuthority:

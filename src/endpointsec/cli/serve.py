@@ -31,7 +31,8 @@ def register(sub: Any) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("app", help="import string, e.g. 'app:app' or 'pkg.module:create_app()'")
-    p.add_argument("--config", type=Path, default=Path("endpointsec.toml"))
+    p.add_argument("--config", type=Path, default=Path("endpointsec.toml"),
+                   help="the endpointsec configuration (default: endpointsec.toml)")
     p.add_argument("--app-dir", type=Path, default=Path("."),
                    help="directory added to sys.path before importing the app")
     p.add_argument("--host", help="override [server] host")
@@ -40,7 +41,8 @@ def register(sub: Any) -> None:
                    help="wrap the app in endpointsec's ASGI/WSGI middleware")
     p.add_argument("--http", choices=["httptools", "h11"], default="httptools",
                    help="uvicorn HTTP implementation (ASGI apps)")
-    p.add_argument("--log-level", default="warning")
+    p.add_argument("--log-level", default="warning",
+                   help="server log level: debug, info, warning (default), error")
     p.set_defaults(handler=_handle)
 
 

@@ -17,26 +17,28 @@ Fixtures:
     The policy (or an offline gatekeeper) named by the marker
     ``@pytest.mark.endpointsec_policy(model=..., policy=..., config=..., rules=[...])``;
     paths are relative to the test file.
+
+pytest loads this module in every run of a project that has endpointsec installed, so it
+imports nothing heavy itself: each fixture imports what it needs when it is used.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from endpointsec.errors import ConfigurationError
-from endpointsec.gatekeeper import Gatekeeper
-from endpointsec.protocols import Policy
-from endpointsec.testing.clients import asgi_client, wsgi_client
-from endpointsec.testing.pki import CertificateAuthority, IssuedCertificate
-from endpointsec.testing.suites import offline_gatekeeper
-from endpointsec.testing.tokens import TokenIssuer
+if TYPE_CHECKING:
+    import datetime as dt
+
+    from cryptography import x509
+
+    from endpointsec.gatekeeper import Gatekeeper
+    from endpointsec.protocols import Policy
+    from endpointsec.testing.pki import CertificateAuthority, IssuedCertificate
+    from endpointsec.testing.tokens import TokenIssuer
 
 __all__ = [
     "endpointsec_asgi_client",
@@ -51,11 +53,6 @@ __all__ = [
 ]
 
 MARKER = "endpointsec_policy"
-
-_EKU = {
-    "client": ExtendedKeyUsageOID.CLIENT_AUTH,
-    "server": ExtendedKeyUsageOID.SERVER_AUTH,
-}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -72,6 +69,8 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture
 def endpointsec_ca() -> CertificateAuthority:
     """A certificate authority created for this test."""
+    from endpointsec.testing.pki import CertificateAuthority
+
     return CertificateAuthority.create(name="endpointsec test CA")
 
 
@@ -81,7 +80,7 @@ def endpointsec_ca_bundle(endpointsec_ca: CertificateAuthority, tmp_path: Path) 
     return endpointsec_ca.write_bundle(tmp_path / "endpointsec-ca.pem")
 
 
-ClientCertFactory = Callable[..., IssuedCertificate]
+ClientCertFactory = Callable[..., "IssuedCertificate"]
 
 
 @pytest.fixture
@@ -98,6 +97,17 @@ def endpointsec_client_cert(endpointsec_ca: CertificateAuthority) -> ClientCertF
     empty: no EKU extension), ``key_kind`` (``"ec"``, ``"rsa"``, ``"ed25519"``),
     ``organizational_units`` (subject OUs).
     """
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    from endpointsec.errors import ConfigurationError
+
+    known_eku = {
+        "client": ExtendedKeyUsageOID.CLIENT_AUTH,
+        "server": ExtendedKeyUsageOID.SERVER_AUTH,
+    }
 
     def make(
         spiffe_id: str | None = None,
@@ -123,8 +133,8 @@ def endpointsec_client_cert(endpointsec_ca: CertificateAuthority) -> ClientCertF
         for e in eku:
             if isinstance(e, x509.ObjectIdentifier):
                 oids.append(e)
-            elif e in _EKU:
-                oids.append(_EKU[e])
+            elif e in known_eku:
+                oids.append(known_eku[e])
             else:
                 raise ConfigurationError(f"unknown EKU {e!r}; use 'client', 'server' or an OID")
         all_uris = ([spiffe_id] if spiffe_id else []) + list(uris)
@@ -143,6 +153,8 @@ def endpointsec_client_cert(endpointsec_ca: CertificateAuthority) -> ClientCertF
 def endpointsec_issuer() -> Iterator[TokenIssuer]:
     """A token issuer (ES256) serving ``/.well-known/jwks.json`` and OIDC discovery on
     127.0.0.1 for the duration of the test; its ``issuer`` is the server's URL."""
+    from endpointsec.testing.tokens import TokenIssuer
+
     issuer = TokenIssuer()
     with issuer.serve():
         yield issuer
@@ -152,6 +164,8 @@ def endpointsec_issuer() -> Iterator[TokenIssuer]:
 def endpointsec_asgi_client() -> Iterator[Callable[..., Any]]:
     """``make(app, *, cert=None, token=None, **kwargs)``: a Starlette ``TestClient``
     presenting ``cert`` through the ASGI TLS extension and ``token`` as a bearer token."""
+    from endpointsec.testing.clients import asgi_client
+
     clients: list[Any] = []
 
     def make(app: Any, *, cert: IssuedCertificate | None = None, token: str | None = None,
@@ -171,6 +185,7 @@ def endpointsec_asgi_client() -> Iterator[Callable[..., Any]]:
 def endpointsec_wsgi_client() -> Callable[..., Any]:
     """``make(app, *, cert=None, token=None)``: a Flask (or werkzeug) test client
     presenting ``cert`` through ``SSL_CLIENT_CERT`` and ``token`` as a bearer token."""
+    from endpointsec.testing.clients import wsgi_client
 
     def make(app: Any, *, cert: IssuedCertificate | None = None,
              token: str | None = None) -> Any:
@@ -180,6 +195,8 @@ def endpointsec_wsgi_client() -> Callable[..., Any]:
 
 
 def _marked_gatekeeper(request: pytest.FixtureRequest, tmp_path: Path) -> Gatekeeper:
+    from endpointsec.testing.suites import offline_gatekeeper
+
     marker = request.node.get_closest_marker(MARKER)
     if marker is None:
         raise pytest.UsageError(
