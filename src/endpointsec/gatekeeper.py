@@ -26,7 +26,7 @@ verification call, which is ``verify`` in a thread and ``averify`` on the loop.
 from __future__ import annotations
 
 import logging
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,6 +107,10 @@ class Gatekeeper:
         if self.sources and self.verifier is None:
             raise ConfigurationError("certificate sources are configured but no verifier",
                                      key="identity")
+        lookup = getattr(token_verifier, "lookup", None)
+        #: The token verifier's cache of verified tokens, if it has one.
+        self._token_lookup: Callable[[str], RequestPrincipal | None] | None = (
+            lookup if callable(lookup) else None)
         names = getattr(token_reader, "header_names", None)
         self._token_environ: tuple[tuple[bytes, str], ...] | None = tuple(
             (n, "HTTP_" + n.decode("latin-1").upper().replace("-", "_")) for n in names
@@ -200,10 +204,13 @@ class Gatekeeper:
         token_str, token_error = self._read_token(headers, scope.get("query_string", b""))
         token: RequestPrincipal | None = None
         if token_str is not None and self.token_verifier is not None:
-            try:
-                token = await self.token_verifier.averify(token_str)
-            except Exception as exc:
-                token_error = _token_failure(exc)
+            # A token verified before is answered without a coroutine.
+            token = self._token_lookup(token_str) if self._token_lookup else None
+            if token is None:
+                try:
+                    token = await self.token_verifier.averify(token_str)
+                except Exception as exc:
+                    token_error = _token_failure(exc)
         return _facts(
             method=method, raw_path=raw_path, route=route, peer=peer, peer_error=peer_error,
             token=token, token_error=token_error,
@@ -282,6 +289,8 @@ class Gatekeeper:
                      ) -> tuple[PeerIdentity | None, EndpointSecError | None]:
         """Ask every source, then verify what was presented. A source that fails stops
         the search: its error is the peer error. Two different leaves are ambiguous."""
+        if not self.sources:
+            return None, None
         first: PresentedCertificate | None = None
         for source in self.sources:
             try:

@@ -5,10 +5,10 @@ Two evaluation paths behind one interface, both answering exactly what a plain
 
 * the **shipped default model** (``model.conf``) is evaluated by an index built from the
   policy lines Casbin itself parsed: rules are grouped by subject, domain and action,
-  exact objects sit in a dictionary and keyMatch2 templates are compiled once (plain
-  segment templates without a regular expression) and
-  grouped by their first literal path segment. Roles (``g``) are resolved with the same
-  reachability rule as Casbin's default role manager (at most 9 inheritance steps).
+  exact objects sit in a dictionary and keyMatch2 templates are compiled once (to
+  Casbin's own regular expression) and grouped by their first literal path segment.
+  Roles (``g``) are resolved with the same reachability rule as Casbin's default role
+  manager (at most 9 inheritance steps).
   A property test compares this path with ``casbin.Enforcer`` on random policies.
 * **any other model** (or a model file that differs from the shipped one) is evaluated
   by a plain ``casbin.Enforcer``, one call per subject, serialized by a lock.
@@ -92,59 +92,6 @@ def _first_segment(template: str) -> str | None:
         return None
     seg = template[1:j]
     return seg if _is_literal(seg) else None
-
-
-class _SegmentTemplate:
-    """A keyMatch2 template made only of literal segments, ``:name`` segments and an
-    optional final ``/*``, matched without a regular expression.
-
-    Same answers as Casbin's regex ``^...$`` (checked by the property tests): ``:name``
-    is ``[^/]+`` (any non-empty segment), a final ``/*`` is ``/.*`` (anything without a
-    newline) and ``$`` also matches before one final newline.
-    """
-
-    __slots__ = ("_n", "_parts", "_star")
-
-    def __init__(self, parts: tuple[str | None, ...], star: bool) -> None:
-        self._parts = parts  # None: a parameter segment
-        self._star = star
-        self._n = len(parts)
-
-    @classmethod
-    def parse(cls, template: str) -> _SegmentTemplate | None:
-        if template == "*":
-            return None
-        star = template.endswith("/*")
-        body = template[:-2] if star else template
-        parts: list[str | None] = []
-        for seg in body.split("/"):
-            if len(seg) >= 2 and seg[0] == ":":
-                parts.append(None)
-            elif _is_literal(seg):
-                parts.append(seg)
-            else:
-                return None
-        return cls(tuple(parts), star)
-
-    def _full(self, s: str) -> bool:
-        if self._star:
-            pieces = s.split("/", self._n)
-            if len(pieces) != self._n + 1 or "\n" in pieces[-1]:
-                return False
-        else:
-            pieces = s.split("/")
-            if len(pieces) != self._n:
-                return False
-        for want, got in zip(self._parts, pieces, strict=False):
-            if want is None:
-                if not got:
-                    return False
-            elif want != got:
-                return False
-        return True
-
-    def match(self, s: str) -> bool:
-        return self._full(s) or (s.endswith("\n") and self._full(s[:-1]))
 
 
 Matcher = Callable[[str], object]
@@ -327,9 +274,8 @@ class _IndexedSnapshot(_Snapshot):
 
     @staticmethod
     def _matcher(template: str, where: str) -> Matcher:
-        simple = _SegmentTemplate.parse(template)
-        if simple is not None:
-            return simple.match
+        # Casbin's own regular expression, compiled once: the same answers by
+        # construction, and faster than splitting the path into segments.
         try:
             return re.compile(_key_match2_regex(template)).match
         except re.error as exc:
