@@ -7,7 +7,8 @@
 
 Each record's subjects, path, method and domain are evaluated by the candidate with
 the service's own policy engine; every outcome that would change is listed, grouped by
-principal and route, with counts and the candidate rule that decides it. Records with
+principal and route (the record's route, else the candidate's rule objects the path
+matches), with counts and the candidate rule that decides it. Records with
 status 400, 401 or 503 are not replayed (counted in the summary).
 
 Exit status: 0 nothing that was served would be denied; 1 something would be (unless
@@ -44,11 +45,12 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the changes; 1 if a served request would be denied."""
     from endpointsec.lifecycle.records import read_records
-    from endpointsec.lifecycle.replay import replay
+    from endpointsec.lifecycle.replay import replay, routes_of_policy
     from endpointsec.policy import CasbinPolicy
 
     policy = CasbinPolicy(model=args.model, policy=args.policy, cache_size=0)
     records = read_records(args.records, **window(args))
-    report = replay(records, policy, source=args.records.name, candidate=args.policy.name)
+    report = replay(records, policy, source=args.records.name, candidate=args.policy.name,
+                    routes=routes_of_policy(args.policy))
     print(report.render())
     return 1 if report.newly_denied and not args.allow_narrowing else 0

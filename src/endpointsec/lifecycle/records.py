@@ -299,7 +299,8 @@ class DecisionRecordHandler(logging.Handler):
     """A logging handler writing one decision record (a JSON line) per log record that
     carries a decision (``record.endpointsec_decision``); other records are ignored.
 
-    ``target`` is a path (appended to) or a text stream; each line is flushed::
+    ``target`` is a path (appended to; reopened if a logging reconfiguration, such as
+    uvicorn's ``dictConfig``, closed it) or a text stream; each line is flushed::
 
         handler = DecisionRecordHandler("decisions.jsonl")
         log = logging.getLogger("endpointsec.decision")
@@ -309,10 +310,8 @@ class DecisionRecordHandler(logging.Handler):
 
     def __init__(self, target: str | Path | IO[str], *, level: int = logging.DEBUG) -> None:
         super().__init__(level=level)
-        self._own = isinstance(target, str | Path)
-        self._stream: IO[str] = (
-            open(target, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-            if isinstance(target, str | Path) else target)
+        self._path = Path(target) if isinstance(target, str | Path) else None
+        self._stream: IO[str] | None = None if isinstance(target, str | Path) else target
         self._write_lock = threading.Lock()
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -324,6 +323,10 @@ class DecisionRecordHandler(logging.Handler):
             when = dt.datetime.fromtimestamp(record.created, dt.UTC)
             line = json.dumps(record_from(decision, facts, when=when), separators=(",", ":"))
             with self._write_lock:
+                if self._stream is None or self._stream.closed:
+                    if self._path is None:
+                        return
+                    self._stream = open(self._path, "a", encoding="utf-8")  # noqa: SIM115
                 self._stream.write(line + "\n")
                 self._stream.flush()
         except Exception:
@@ -331,6 +334,7 @@ class DecisionRecordHandler(logging.Handler):
 
     def close(self) -> None:
         with self._write_lock:
-            if self._own and not self._stream.closed:
+            if self._path is not None and self._stream is not None:
                 self._stream.close()
+                self._stream = None
         super().close()

@@ -8,6 +8,7 @@ compared with what happened: a request the service **served** (``allow``, or
 and that the candidate allows is *newly allowed* (widening).
 
 Records with status 400, 401 or 503 are not replayed (no authorization question was
+asked), nor requests served without any subject (a public route: the policy was not
 asked). A 403 that a route requirement gave after the policy allowed (the record's rule
 is an ``allow`` rule) stays a 403 whatever the candidate says: route requirements are
 not part of the policy.
@@ -16,14 +17,16 @@ not part of the policy.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from endpointsec.errors import PathError
 from endpointsec.lifecycle.records import NOT_AUTHORIZATION, DecisionRecord
+from endpointsec.lifecycle.routes import RouteTemplate
 
-__all__ = ["Change", "ReplayReport", "replay"]
+__all__ = ["Change", "ReplayReport", "replay", "routes_of_policy"]
 
 NEWLY_DENIED = "newly denied"
 NEWLY_ALLOWED = "newly allowed"
@@ -69,8 +72,8 @@ class ReplayReport:
     records: int = 0
     replayed: int = 0
     unchanged: int = 0
-    #: Records not replayed, by status.
-    skipped: Counter[int] = field(default_factory=Counter)
+    #: Records not replayed, by reason.
+    skipped: Counter[str] = field(default_factory=Counter)
     source: str = ""
     candidate: str = ""
 
@@ -101,37 +104,57 @@ class ReplayReport:
         line = (f"{self.records} records: {self.replayed} replayed ({self.unchanged} "
                 f"unchanged, {denied} newly denied, {allowed} newly allowed)")
         if self.skipped:
-            by_status = ", ".join(f"status {s}: {n}" for s, n in sorted(self.skipped.items()))
-            line += (f"; {sum(self.skipped.values())} not replayed ({by_status}: "
-                     "no authorization decision)")
+            why = ", ".join(f"{n} {s}" for s, n in sorted(self.skipped.items()))
+            line += f"; {sum(self.skipped.values())} not replayed ({why})"
         out.append(line)
         return "\n".join(out)
 
 
-def _route_label(record: DecisionRecord, rule: tuple[str, ...] | None, path: str) -> str:
+def _route_label(record: DecisionRecord, rule: tuple[str, ...] | None, path: str,
+                 routes: Sequence[RouteTemplate]) -> str:
     if record.route:
         return record.route
     for r in (rule, record.rule):
         if r is not None and len(r) >= 6 and r[0] == "p" and r[3].startswith("/"):
             return r[3]
-    return path
+    best: RouteTemplate | None = None
+    for t in routes:
+        if t.matches(record.method, path) and (best is None
+                                               or t.specificity > best.specificity):
+            best = t
+    return best.object if best is not None else path
+
+
+def routes_of_policy(policy_file: str | Path) -> list[RouteTemplate]:
+    """The objects of a policy's rules, as route templates (to name the route of a
+    request that no rule decided)."""
+    from endpointsec.lifecycle.coverage import read_policy_lines
+
+    objects = {line.rule[3] for line in read_policy_lines(policy_file)
+               if len(line.rule) >= 6 and line.rule[3].startswith("/")}
+    return [RouteTemplate(source=o, object=o) for o in sorted(objects)]
 
 
 def replay(records: Iterable[DecisionRecord], policy: Any, *, source: str = "",
-           candidate: str = "") -> ReplayReport:
+           candidate: str = "", routes: Sequence[RouteTemplate] = ()) -> ReplayReport:
     """Evaluate every record against ``policy`` (an :class:`endpointsec.protocols.Policy`)
-    and collect what changes."""
+    and collect what changes. A change is grouped under the record's ``route``, else the
+    object of the rule that decides it, else the most specific of ``routes`` the path
+    matches, else the path itself."""
     report = ReplayReport(source=source, candidate=candidate)
     groups: dict[tuple[Any, ...], Change] = {}
     for r in records:
         report.records += 1
         if r.status in NOT_AUTHORIZATION or r.status not in (200, 403):
-            report.skipped[r.status] += 1
+            report.skipped[f"with status {r.status}: no authorization question"] += 1
+            continue
+        if not r.subjects and r.served:
+            report.skipped["served without a subject: a public route"] += 1
             continue
         try:
             path = policy.normalize(r.path)
         except PathError:
-            report.skipped[400] += 1
+            report.skipped["with an invalid path"] += 1
             continue
         report.replayed += 1
         result = policy.evaluate(subjects=r.subjects, resource=path, action=r.method,
@@ -144,7 +167,7 @@ def replay(records: Iterable[DecisionRecord], policy: Any, *, source: str = "",
             continue
         direction = NEWLY_ALLOWED if now_served else NEWLY_DENIED
         rule = result.matched_rule
-        key = (direction, r.subjects, r.method, _route_label(r, rule, path), r.domain, rule)
+        key = (direction, r.subjects, r.method, _route_label(r, rule, path, routes), r.domain, rule)
         change = groups.get(key)
         if change is None:
             change = groups[key] = Change(
