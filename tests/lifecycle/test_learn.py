@@ -176,8 +176,8 @@ def route_sets(draw: st.DrawFn) -> list[str]:
     """Starlette-style templates that never overlap (each has its own first segment)."""
     out = []
     for i in range(draw(st.integers(1, 4))):
-        tail = draw(st.lists(st.sampled_from(LITERALS + ["{p}", "{q:int}"]), max_size=3))
-        tail = [("{x%d}" % j if s.startswith("{") else s) for j, s in enumerate(tail)]
+        tail = draw(st.lists(st.sampled_from([*LITERALS, "{p}", "{q:int}"]), max_size=3))
+        tail = [(f"{{x{j}}}" if s.startswith("{") else s) for j, s in enumerate(tail)]
         star = draw(st.booleans())
         out.append("/" + "/".join([f"r{i}", *tail] + (["{rest:path}"] if star else [])))
     return out
