@@ -86,15 +86,22 @@ def run(args: argparse.Namespace) -> int:
         from endpointsec.config import load_config
 
         templates += routes_from_config(load_config(args.config).routes)
-        os.environ.setdefault("ENDPOINTSEC_CONFIG", str(args.config.resolve()))
     if args.routes_from:
         from endpointsec.cli.serve import import_app
 
+        saved = os.environ.get("ENDPOINTSEC_CONFIG")
+        if args.config is not None:  # the app loads the same file, as under serve
+            os.environ["ENDPOINTSEC_CONFIG"] = str(args.config.resolve())
         try:
             app = import_app(args.routes_from, app_dir=args.app_dir)
         except (ImportError, AttributeError) as exc:
             raise ConfigurationError(f"cannot import {args.routes_from!r}: {exc}",
                                      key="--routes-from") from None
+        finally:
+            if saved is None:
+                os.environ.pop("ENDPOINTSEC_CONFIG", None)
+            else:
+                os.environ["ENDPOINTSEC_CONFIG"] = saved
         templates = routes_from_app(app) + templates
     records = read_records(args.records, **window(args))
     result = learn(records, templates=templates, by=args.by, min_count=args.min_count,
