@@ -85,6 +85,7 @@ def free_port() -> int:
 
 def env() -> dict[str, str]:
     e = dict(os.environ)
+    e.pop("ENDPOINTSEC_CONFIG", None)  # each command is given its configuration
     e["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), e.get("PYTHONPATH")]))
     return e
 
@@ -195,6 +196,7 @@ def test_observe_learn_replay_ship(work: Path, issuer: TokenIssuer, tokens: dict
     url = start(config, port, observed)  # type: ignore[operator]
     assert [call(work, url, c, tokens) for c in SESSION] == [c.status for c in SESSION]
     records = read_records(observed)
+    assert len(records) == len(SESSION)  # one per request (the dependency's re-decision too)
     assert {r.decision for r in records if r.status == 200 and r.subjects} == {"would_deny"}
     assert any(r.status == 401 for r in records)
     carol = next(r for r in records if r.method == "DELETE")

@@ -18,6 +18,7 @@ from endpointsec.errors import ConfigurationError
 from endpointsec.lifecycle.records import (
     DecisionRecordHandler,
     iter_records,
+    one_per_request,
     read_records,
     record_from,
 )
@@ -115,7 +116,8 @@ def test_read_records_window(tmp_path: Path) -> None:
     from endpointsec.lifecycle.records import parse_time
 
     f = tmp_path / "d.jsonl"
-    f.write_text("\n".join(line(time=f"2026-11-27T10:0{i}:00Z") for i in range(5)) + "\n")
+    f.write_text("\n".join(line(time=f"2026-11-27T10:0{i}:00Z", request_id=f"r{i}")
+                           for i in range(5)) + "\n")
     got = read_records(f, since=parse_time("2026-11-27T10:01:00Z"),
                        until=parse_time("2026-11-27T10:03:00Z"))
     assert [r.time.minute for r in got] == [1, 2]
@@ -174,3 +176,39 @@ def test_handler_on_a_stream() -> None:
     assert stream.getvalue() == ""
     handler.close()
     assert not stream.closed
+
+
+def test_decisions_about_one_request_share_its_id(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    gk = gatekeeper(tmp_path, "p, role:reader, *, /orders/:id, GET, allow\n")
+    stream = io.StringIO()
+    handler = DecisionRecordHandler(stream)
+    log = logging.getLogger("endpointsec.decision")
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
+    try:
+        token = {"iss": "https://i", "sub": "a", "roles": ["reader"]}
+        from endpointsec.testing.assertions import facts_for
+
+        first = facts_for(gk, method="GET", path="/orders/1", token=token)
+        gk.decide(first)                                                 # the middleware
+        gk.decide_route(first, replace(first.requirements, roles=frozenset({"role:x"})))
+        gk.decide(facts_for(gk, method="GET", path="/orders/2", token=token))  # another
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 3
+    ids = [json.loads(x)["request_id"] for x in lines]
+    assert ids[0] == ids[1] != ids[2]
+    one = one_per_request(iter_records(lines))
+    assert [(r.path, r.decision) for r in one] == [("/orders/1", "deny"), ("/orders/2", "allow")]
+
+
+def test_one_per_request_keeps_records_without_an_id() -> None:
+    records = list(iter_records([line(request_id=None), line(request_id=None),
+                                 line(request_id="a"), line(request_id="a", decision="deny",
+                                                            status=403)]))
+    assert [r.decision for r in one_per_request(records)] == ["allow", "allow", "deny"]

@@ -30,6 +30,7 @@ import json
 import logging
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,8 @@ __all__ = [
     "DecisionRecord",
     "DecisionRecordHandler",
     "format_time",
+    "iter_records",
+    "one_per_request",
     "parse_time",
     "read_records",
     "record_from",
@@ -57,6 +60,7 @@ EVENT = "endpointsec.decision"
 #: upstream failure): never learned from, never replayed.
 NOT_AUTHORIZATION = frozenset({400, 401, 503})
 _DECISIONS = ("allow", "deny", "would_deny")
+_MAX_OPEN_REQUESTS = 4096
 _TOKEN_PREFIXES = ("role:", "scope:", "group:")
 
 
@@ -218,10 +222,26 @@ def iter_records(lines: Iterable[str], *, source: str = "<records>") -> Iterator
             yield record
 
 
+def one_per_request(records: Iterable[DecisionRecord]) -> list[DecisionRecord]:
+    """One record per request: of the records sharing a ``request_id`` (a middleware's
+    decision and a route dependency's), the last one; records without one all count."""
+    out: list[DecisionRecord] = []
+    index: dict[str, int] = {}
+    for r in records:
+        if r.request_id is None:
+            out.append(r)
+        elif r.request_id in index:
+            out[index[r.request_id]] = r
+        else:
+            index[r.request_id] = len(out)
+            out.append(r)
+    return out
+
+
 def read_records(path: str | Path, *, since: dt.datetime | None = None,
                  until: dt.datetime | None = None) -> list[DecisionRecord]:
-    """Every decision record in ``path`` (``-``: standard input) with
-    ``since <= time < until``."""
+    """The decision records in ``path`` (``-``: standard input) with
+    ``since <= time < until``, one per request (see :func:`one_per_request`)."""
     import sys
 
     p = Path(path)
@@ -234,8 +254,9 @@ def read_records(path: str | Path, *, since: dt.datetime | None = None,
         raise ConfigurationError(f"decision records not found: {p}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigurationError(f"{p}: cannot be read: {exc}") from None
-    return [r for r in iter_records(lines, source=p.name)
-            if (since is None or r.time >= since) and (until is None or r.time < until)]
+    return one_per_request(
+        r for r in iter_records(lines, source=p.name)
+        if (since is None or r.time >= since) and (until is None or r.time < until))
 
 
 # -- writing records ------------------------------------------------------------------------
@@ -300,7 +321,9 @@ class DecisionRecordHandler(logging.Handler):
     carries a decision (``record.endpointsec_decision``); other records are ignored.
 
     ``target`` is a path (appended to; reopened if a logging reconfiguration, such as
-    uvicorn's ``dictConfig``, closed it) or a text stream; each line is flushed::
+    uvicorn's ``dictConfig``, closed it) or a text stream; each line is flushed.
+    Decisions about the same request (the middleware's, then a route dependency's) share
+    a ``request_id``: they carry the same caller object::
 
         handler = DecisionRecordHandler("decisions.jsonl")
         log = logging.getLogger("endpointsec.decision")
@@ -313,6 +336,21 @@ class DecisionRecordHandler(logging.Handler):
         self._path = Path(target) if isinstance(target, str | Path) else None
         self._stream: IO[str] | None = None if isinstance(target, str | Path) else target
         self._write_lock = threading.Lock()
+        # id(principal) -> (principal, request id); the principal is kept so that its
+        # id cannot be reused while it is in the table.
+        self._ids: OrderedDict[int, tuple[object, str]] = OrderedDict()
+
+    def _request_id(self, decision: Decision) -> str:
+        key = id(decision.principal)
+        hit = self._ids.get(key)
+        if hit is not None and hit[0] is decision.principal:
+            self._ids.move_to_end(key)
+            return hit[1]
+        rid = uuid.uuid4().hex
+        self._ids[key] = (decision.principal, rid)
+        if len(self._ids) > _MAX_OPEN_REQUESTS:
+            self._ids.popitem(last=False)
+        return rid
 
     def emit(self, record: logging.LogRecord) -> None:
         decision = getattr(record, "endpointsec_decision", None)
@@ -321,8 +359,10 @@ class DecisionRecordHandler(logging.Handler):
         try:
             facts = getattr(record, "endpointsec_facts", None)
             when = dt.datetime.fromtimestamp(record.created, dt.UTC)
-            line = json.dumps(record_from(decision, facts, when=when), separators=(",", ":"))
             with self._write_lock:
+                data = record_from(decision, facts, when=when,
+                                   request_id=self._request_id(decision))
+                line = json.dumps(data, separators=(",", ":"))
                 if self._stream is None or self._stream.closed:
                     if self._path is None:
                         return
