@@ -33,7 +33,7 @@ def test_no_change_exits_0(records: Path, tmp_path: Path,
     assert main(["replay", str(records), "--policy", str(tmp_path / "c.csv")]) == 0
     assert capsys.readouterr().out.splitlines() == [
         "replay decisions.jsonl against c.csv",
-        "3 records: 2 replayed (2 unchanged, 0 newly denied, 0 newly allowed); "
+        "3 requests: 2 replayed (2 unchanged, 0 newly denied, 0 newly allowed); "
         "1 not replayed (1 with status 401: no authorization question)",
     ]
 

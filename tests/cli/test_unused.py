@@ -30,7 +30,7 @@ def test_unused_lists_rules_with_line_numbers(tmp_path: Path,
                  "--since", "2026-11-10T00:00:00Z"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out == [
-        "policy coverage: 1 of 2 rules decided at least one of 1 records since "
+        "policy coverage: 1 of 2 rules decided at least one of 1 requests since "
         "2026-11-10T00:00:00Z (50.0%)",
         f"  unused       {policy}:1  p, {WEB}, *, /orders, GET, allow",
     ]

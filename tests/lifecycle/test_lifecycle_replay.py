@@ -56,7 +56,7 @@ def test_narrowing_and_widening_grouped(tmp_path: Path) -> None:
     text = report.render()
     assert "NEWLY DENIED (served before; the candidate denies): 3 requests" in text
     assert "NEWLY ALLOWED (refused before; the candidate allows): 1 request" in text
-    assert ("9 records: 7 replayed (3 unchanged, 3 newly denied, 1 newly allowed); "
+    assert ("9 requests: 7 replayed (3 unchanged, 3 newly denied, 1 newly allowed); "
             "2 not replayed (1 served without a subject: a public route, "
             "1 with status 401: no authorization question)") in text
 

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         evaluate_with = CasbinPolicy(model=args.model, policy=args.policy, cache_size=0)
     records = read_records(args.records, **window(args))
     cov = unused_rules(records, args.policy, evaluate_with=evaluate_with)
-    span = (f"{len(records)} records" + (f" since {args.since}" if args.since else "")
+    span = (f"{len(records)} requests" + (f" since {args.since}" if args.since else "")
             + (f" until {args.until}" if args.until else ""))
     print(cov.render(what=f"decided at least one of {span}", verbose=args.verbose))
     return 0

@@ -109,7 +109,7 @@ class LearnResult:
         }[self.by]
         out = [
             f"# Learned by endpointsec from {self.source or 'decision records'}: "
-            f"{self.records} records, {window}.",
+            f"{self.records} requests, {window}.",
             f"# Grants by {self.by}: {how}.",
             f"# {self.learned} served requests learned, {len(self.rules)} rules.",
         ]

@@ -101,7 +101,7 @@ class ReplayReport:
                     out += c.render()
         denied = sum(c.count for c in self.newly_denied)
         allowed = sum(c.count for c in self.newly_allowed)
-        line = (f"{self.records} records: {self.replayed} replayed ({self.unchanged} "
+        line = (f"{self.records} requests: {self.replayed} replayed ({self.unchanged} "
                 f"unchanged, {denied} newly denied, {allowed} newly allowed)")
         if self.skipped:
             why = ", ".join(f"{n} {s}" for s, n in sorted(self.skipped.items()))
