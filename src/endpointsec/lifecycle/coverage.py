@@ -37,6 +37,14 @@ class PolicyLine:
         return f"{self.where}  {', '.join(self.rule)}"
 
 
+def _shown(path: Path) -> str:
+    """The path relative to the working directory when it is under it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)
+
+
 def read_policy_lines(path: str | Path) -> list[PolicyLine]:
     """The ``p`` rules of a Casbin CSV policy with their line numbers (comments and
     blank lines skipped, values stripped as Casbin strips them)."""
@@ -51,7 +59,7 @@ def read_policy_lines(path: str | Path) -> list[PolicyLine]:
             continue
         rule = tuple(c.strip() for c in row)
         if rule[0] == "p" or (rule[0].startswith("p") and rule[0][1:].isdigit()):
-            out.append(PolicyLine(file=str(p), number=number, rule=rule))
+            out.append(PolicyLine(file=_shown(p), number=number, rule=rule))
     return out
 
 
