@@ -72,6 +72,7 @@ def test_objects_templates_route_field_and_exact_paths() -> None:
         rec("/static/app.js"),
         rec("/reports/q1"),                                     # no template: exact
         rec("/items/7", route="/items/{item_id}"),              # the record's route
+        rec("/stock/9", route="/stock/<int:sku>"),              # a Flask route
         rec("/bad", route="/elsewhere/{x}"),                    # route not matching: exact
         rec("/a:b"),                                            # keyMatch2 cannot say it
         rec("/orders/%2e%2e/admin"),                            # normalized first
@@ -81,6 +82,7 @@ def test_objects_templates_route_field_and_exact_paths() -> None:
         ("p", WEB, "*", "/static/*", "GET", "allow"),
         ("p", WEB, "*", "/reports/q1", "GET", "allow"),
         ("p", WEB, "*", "/items/:item_id", "GET", "allow"),
+        ("p", WEB, "*", "/stock/:sku", "GET", "allow"),
         ("p", WEB, "*", "/bad", "GET", "allow"),
         ("p", WEB, "*", "/admin", "GET", "allow"),
     }

@@ -162,9 +162,10 @@ def object_for(record: DecisionRecord, templates: Sequence[RouteTemplate]
     if path is None:
         return None
     if record.route is not None:
-        obj = keymatch2_object(record.route, style="starlette")
-        if obj is not None and key_match2(path, obj):
-            return obj, record.method
+        for style in ("starlette", "flask"):
+            obj = keymatch2_object(record.route, style=style)
+            if obj is not None and key_match2(path, obj):
+                return obj, record.method
     best: RouteTemplate | None = None
     for t in templates:
         if t.matches(record.method, path) and (best is None

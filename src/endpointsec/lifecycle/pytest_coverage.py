@@ -51,9 +51,13 @@ class PolicyCoveragePlugin:
             self._logger.setLevel(logging.DEBUG)
 
     def stop(self) -> None:
-        """Stop listening and restore the logger's level."""
-        self._logger.removeHandler(self._handler)
-        self._logger.setLevel(self._level)
+        """Stop listening and restore the logger's level (idempotent)."""
+        if self._handler in self._logger.handlers:
+            self._logger.removeHandler(self._handler)
+            self._logger.setLevel(self._level)
+
+    def pytest_unconfigure(self) -> None:
+        self.stop()
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:

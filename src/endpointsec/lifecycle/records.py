@@ -107,7 +107,7 @@ class DecisionRecord:
     @property
     def served(self) -> bool:
         """The request reached the application (allowed, or only "would deny")."""
-        return self.status == 200 and self.decision in ("allow", "would_deny")
+        return self.decision in ("allow", "would_deny") and self.status < 400
 
     @property
     def workload(self) -> str | None:

@@ -145,7 +145,7 @@ def replay(records: Iterable[DecisionRecord], policy: Any, *, source: str = "",
     groups: dict[tuple[Any, ...], Change] = {}
     for r in records:
         report.records += 1
-        if r.status in NOT_AUTHORIZATION or r.status not in (200, 403):
+        if r.status in NOT_AUTHORIZATION or not (r.served or r.decision == "deny"):
             report.skipped[f"with status {r.status}: no authorization question"] += 1
             continue
         if not r.subjects and r.served:
