@@ -203,11 +203,13 @@ requests = st.tuples(st.sampled_from([None, *WORKLOADS]), st.sampled_from([None,
 
 
 @settings(max_examples=60, deadline=None)
-@given(routes=route_sets(), traffic=st.lists(requests, max_size=25),
+@given(by=st.sampled_from(["roles", "users", "workloads"]), routes=route_sets(),
+       traffic=st.lists(requests, max_size=25),
        noise=st.lists(st.tuples(requests, st.sampled_from([(403, "deny"), (401, "deny"),
                                                             (400, "deny"), (503, "deny")])),
                       max_size=6))
-def test_learn_allows_exactly_the_observed(routes: list[str], traffic: list[tuple[object, ...]],
+def test_learn_allows_exactly_the_observed(by: str, routes: list[str],
+                                           traffic: list[tuple[object, ...]],
                                            noise: list[tuple[tuple[object, ...], tuple[int, str]]],
                                            ) -> None:
     templates = [RouteTemplate(source=r, object=keymatch2_object(r) or "", methods=frozenset())
@@ -228,13 +230,17 @@ def test_learn_allows_exactly_the_observed(routes: list[str], traffic: list[tupl
         r = to_record(req, 200, "would_deny")
         if r is not None:
             records.append(r)
-            principal = f"role:{req[1]}" if req[1] else str(req[0])
+            workload, role = req[0], f"role:{req[1]}" if req[1] else None
+            user = f"{ISS}#u" if req[1] else None
+            order = {"roles": (role, workload), "users": (user, workload),
+                     "workloads": (workload, role)}[by]
+            principal = str(next(p for p in order if p is not None))
             observed.add((principal, int(req[2]) % len(routes), str(req[3])))  # type: ignore[call-overload]
     for req, (status, decision) in noise:
         r = to_record(req, status, decision)
         if r is not None:
             records.append(r)
-    result = learn(records, templates=templates)
+    result = learn(records, templates=templates, by=by)
     with tempfile.TemporaryDirectory() as d:
         f = Path(d) / "learned.csv"
         f.write_text(result.render())
@@ -246,7 +252,7 @@ def test_learn_allows_exactly_the_observed(routes: list[str], traffic: list[tupl
                                        action=r.method).allowed, r
         # Each single principal is allowed exactly the observed (route, method) pairs,
         # on any path of the route (a fresh parameter value).
-        for principal in [*WORKLOADS, *(f"role:{r}" for r in ROLES)]:
+        for principal in [*WORKLOADS, *(f"role:{r}" for r in ROLES), f"{ISS}#u"]:
             for index in range(len(routes)):
                 for method in METHODS:
                     path = concrete(routes[index], 1000)

@@ -323,7 +323,9 @@ class DecisionRecordHandler(logging.Handler):
     ``target`` is a path (appended to; reopened if a logging reconfiguration, such as
     uvicorn's ``dictConfig``, closed it) or a text stream; each line is flushed.
     Decisions about the same request (the middleware's, then a route dependency's) share
-    a ``request_id``: they carry the same caller object::
+    a ``request_id``: they carry the same caller object. A log record that also carries
+    the request's facts (``record.endpointsec_facts``) gives the method, path and domain
+    from them::
 
         handler = DecisionRecordHandler("decisions.jsonl")
         log = logging.getLogger("endpointsec.decision")
