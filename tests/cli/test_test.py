@@ -129,3 +129,19 @@ def test_junit_xml_report(suite: Path, tmp_path: Path) -> None:
     assert "subjects: spiffe://example.org/b" in (failure.text or "")
     error = suites[2].find("testcase/error")
     assert error is not None and "at least one case" in (error.get("message") or "")
+
+
+def test_coverage_reports_unused_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "policy.csv").write_text(POLICY + "p, role:admin, *, /admin/*, *, allow\n")
+    path = tmp_path / "orders.suite.yaml"
+    path.write_text(SUITE_YAML)
+    assert main(["test", "--coverage", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2:] == [
+        "policy coverage: 1 of 2 rules decided at least one case (50.0%)",
+        f"  unused       {tmp_path / 'policy.csv'}:2  p, role:admin, *, /admin/*, *, allow",
+    ]
+    assert main(["test", "--coverage-min", "50", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["test", "--coverage-min", "75", str(path)]) == 1
+    assert "policy coverage 50.0% is under --coverage-min 75%" in capsys.readouterr().out

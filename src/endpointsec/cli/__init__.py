@@ -17,7 +17,8 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 #: Subcommand modules, in the order ``--help`` lists them.
-_COMMANDS = ("demo", "serve", "pki", "explain", "check", "test", "bench")
+_COMMANDS = ("demo", "serve", "pki", "explain", "check", "test", "learn", "replay", "unused",
+             "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

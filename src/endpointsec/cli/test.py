@@ -10,6 +10,10 @@ its principals, a fixed "now" and its cases; the format is in docs/testing.md. O
 line per case (PASS/FAIL), the explanation under each failure, and exit status 1 if a
 case failed, 2 if a suite could not be read. ``--junit-xml FILE`` also writes the
 results for CI test reports.
+
+``--coverage`` then reports which policy lines (``file:line``) decided at least one
+case and lists those that never did; ``--coverage-min PCT`` (implies ``--coverage``)
+exits 1 when fewer than PCT percent of the rules decided a case.
 """
 
 from __future__ import annotations
@@ -39,7 +43,40 @@ def register(sub: Any) -> None:
                    help="print the explanation of every case, not only failures")
     p.add_argument("--junit-xml", type=Path, metavar="FILE",
                    help="also write the results as JUnit XML (for CI test reports)")
+    p.add_argument("--coverage", action="store_true",
+                   help="report which policy lines decided a case, and which never did")
+    p.add_argument("--coverage-min", type=float, metavar="PCT",
+                   help="fail (exit 1) when under PCT percent of the rules decided a case")
     p.set_defaults(handler=run)
+
+
+def _policy_file(suite: Any) -> Path | None:
+    if suite.policy is not None:
+        return Path(suite.policy)
+    if suite.config_path is not None:
+        from endpointsec.config import load_config
+
+        policy = getattr(load_config(suite.config_path).policy, "policy", None)
+        return Path(policy) if policy is not None else None
+    return None
+
+
+def report_coverage(results: list[tuple[Path, SuiteResult | str]],
+                    minimum: float | None) -> bool:
+    """Print the policy coverage of the suites' cases; ``False`` if under ``minimum``."""
+    from endpointsec.lifecycle.coverage import Coverage
+
+    ran = [r for _, r in results if not isinstance(r, str)]
+    files = [f for f in (_policy_file(r.suite) for r in ran) if f is not None]
+    cov = Coverage(files)
+    for r in ran:
+        for case in r.results:
+            cov.add(case.decision.matched_rule)
+    print(cov.render())
+    if minimum is not None and cov.percent < minimum:
+        print(f"policy coverage {cov.percent:.1f}% is under --coverage-min {minimum:g}%")
+        return False
+    return True
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,7 +104,10 @@ def run(args: argparse.Namespace) -> int:
         write_junit(args.junit_xml, results)
     if broken:
         return 2
-    return 1 if failed else 0
+    covered = True
+    if args.coverage or args.coverage_min is not None:
+        covered = report_coverage(results, args.coverage_min)
+    return 1 if failed or not covered else 0
 
 
 def write_junit(path: Path, results: list[tuple[Path, SuiteResult | str]]) -> None:

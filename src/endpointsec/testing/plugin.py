@@ -18,6 +18,11 @@ Fixtures:
     ``@pytest.mark.endpointsec_policy(model=..., policy=..., config=..., rules=[...])``;
     paths are relative to the test file.
 
+Options: ``--endpointsec-coverage POLICY`` (repeatable; ini ``endpointsec_coverage``)
+reports which lines of these policy files decided a request during the run and which
+never did; ``--endpointsec-coverage-min PCT`` (ini ``endpointsec_coverage_min``) fails
+the run when fewer than PCT percent of the rules did.
+
 pytest loads this module in every run of a project that has endpointsec installed, so it
 imports nothing heavy itself: each fixture imports what it needs when it is used.
 """
@@ -49,14 +54,60 @@ __all__ = [
     "endpointsec_issuer",
     "endpointsec_policy",
     "endpointsec_wsgi_client",
+    "pytest_addoption",
     "pytest_configure",
 ]
 
 MARKER = "endpointsec_policy"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """The policy coverage options (``--endpointsec-coverage``)."""
+    group = parser.getgroup("endpointsec", "endpointsec policy coverage")
+    group.addoption("--endpointsec-coverage", action="append", default=[], metavar="POLICY",
+                    help="report which lines of this Casbin policy file decided a request "
+                         "(repeatable)")
+    group.addoption("--endpointsec-coverage-min", type=float, default=None, metavar="PCT",
+                    help="fail when under PCT percent of the policy rules decided a request")
+    parser.addini("endpointsec_coverage", type="paths", default=[],
+                  help="policy files to report coverage for (relative to the ini file)")
+    parser.addini("endpointsec_coverage_min", default="",
+                  help="minimum policy coverage in percent")
+
+
+def _start_coverage(config: pytest.Config) -> None:
+    policies = [Path(p) for p in config.getoption("endpointsec_coverage", None) or []]
+    policies += [Path(p) for p in config.getini("endpointsec_coverage") or []]
+    minimum = config.getoption("endpointsec_coverage_min", None)
+    if minimum is None:
+        raw = str(config.getini("endpointsec_coverage_min") or "").strip()
+        if raw:
+            try:
+                minimum = float(raw)
+            except ValueError:
+                raise pytest.UsageError(
+                    f"endpointsec_coverage_min must be a number, not {raw!r}") from None
+    if not policies:
+        if minimum is not None:
+            raise pytest.UsageError(
+                "--endpointsec-coverage-min needs the policy files to cover: "
+                "--endpointsec-coverage POLICY (or the endpointsec_coverage ini option)")
+        return
+    from endpointsec.errors import ConfigurationError
+    from endpointsec.lifecycle.pytest_coverage import PolicyCoveragePlugin
+
+    try:
+        plugin = PolicyCoveragePlugin(policies, minimum)
+    except ConfigurationError as exc:
+        raise pytest.UsageError(f"--endpointsec-coverage: {exc}") from None
+    plugin.start()
+    config.pluginmanager.register(plugin, "endpointsec-coverage")
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Register the marker so that ``--strict-markers`` accepts it."""
+    """Register the marker so that ``--strict-markers`` accepts it, and start the policy
+    coverage when it is asked for."""
+    _start_coverage(config)
     config.addinivalue_line(
         "markers",
         f"{MARKER}(model=None, policy=None, config=None, rules=None): the Casbin model and "
