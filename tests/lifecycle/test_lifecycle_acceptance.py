@@ -26,10 +26,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from endpointsec.cli.demo import find_example, prepare_example
+from endpointsec.cli.demo import prepare_example
 from endpointsec.lifecycle.records import read_records
 from endpointsec.testing.pki import CertificateAuthority
 from endpointsec.testing.tokens import TokenIssuer
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fastapi_app"
 
 HERE = Path(__file__).resolve().parent
 WEB = "spiffe://shop.local/ns/shop/sa/web"
@@ -116,7 +118,7 @@ def tokens(issuer: TokenIssuer) -> dict[str, str]:
 
 def configure(work: Path, issuer: TokenIssuer, *, policy: str, dry_run: bool) -> tuple[Path, int]:
     port = free_port()
-    config = prepare_example(work, find_example("fastapi_app"), issuer_url=issuer.issuer,
+    config = prepare_example(work, EXAMPLE, issuer_url=issuer.issuer,
                              port=port)
     text = config.read_text()
     text = text.replace('[policy]\npolicy = "policy.csv"',
@@ -134,7 +136,7 @@ def serve(work: Path) -> Iterator[object]:
     def start(config: Path, port: int, records: Path) -> str:
         proc = subprocess.Popen(
             [sys.executable, str(HERE / "record_server.py"), str(records), "serve", "app:app",
-             "--config", str(config), "--app-dir", str(find_example("fastapi_app"))],
+             "--config", str(config), "--app-dir", str(EXAMPLE)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env(), cwd=work)
         procs.append(proc)
         deadline = time.monotonic() + 30
@@ -205,7 +207,7 @@ def test_observe_learn_replay_ship(work: Path, issuer: TokenIssuer, tokens: dict
     # 2. Learn, with the app's route templates.
     learned = work / "learned.csv"
     out = cli("learn", str(observed), "--routes-from", "app:app", "--app-dir",
-              str(find_example("fastapi_app")), "--config", str(config), "-o", str(learned),
+              str(EXAMPLE), "--config", str(config), "-o", str(learned),
               cwd=work)
     assert out.returncode == 0, out.stderr
     policy = learned.read_text()
