@@ -1209,3 +1209,36 @@ def test_advisory_wsgi_tenant_header_with_underscore(world: World) -> None:
     body = b"".join(app(environ, lambda s, h, e=None: statuses.append(s)))
     assert statuses[0].startswith("200"), body
     assert recorder.calls == ["/admin/x"]
+
+
+def test_advisory_large_cookies_are_never_remembered(world: World) -> None:
+    """Anonymous requests to a public route with a large ``Cookie`` each were remembered
+    by a recent-decisions cache keyed on the whole request (600 requests with 256 KiB
+    cookies pinned +177 MiB). Nothing is remembered per request now: after many such
+    requests with distinct paths, the memory held does not grow with them."""
+    import gc
+    import tracemalloc
+
+    recorder = Recorder()
+    app = ASGIMiddleware(recorder.asgi, gatekeeper=world.gatekeeper(sources=["asgi-tls"]))
+    cookie = b"session=" + b"x" * (64 * 1024)
+
+    def burst(start: int) -> None:
+        for i in range(start, start + 100):
+            headers = [(b"host", b"t"), (b"cookie", cookie + str(i).encode())]
+            r = run_asgi(app, http_scope(f"/pub/n{i}".encode(), headers=headers), recorder)
+            assert r.status == 200
+
+    burst(0)  # warm-up: imports, first-use structures
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        burst(100)
+        burst(200)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # 200 requests carried 12.8 MiB of cookies; none of it may stay.
+    assert grown < 1024 * 1024, grown
