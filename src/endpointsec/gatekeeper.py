@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
 from time import perf_counter_ns
+from types import EllipsisType
 from typing import Any
 
 from endpointsec.audit import AuditConfig, Observer, RouteOf, build_observer
@@ -92,7 +93,7 @@ class Gatekeeper:
         token_reader: Any = None,
         routes: RouteTable | None = None,
         domain_header: str | None = None,
-        observer: Observer | None | Any = ...,
+        observer: Observer | EllipsisType | None = ...,
     ) -> None:
         self.policy = policy
         self.sources = tuple(sources)
@@ -104,7 +105,7 @@ class Gatekeeper:
         # the default decision log, ``None`` nothing at all.
         self.observer: Observer | None = (
             Observer(config=AuditConfig(), policy=policy, routes=self.routes)
-            if observer is ... else observer)
+            if isinstance(observer, EllipsisType) else observer)
         self._domain_header = domain_header.lower().encode() if domain_header else None
         # WSGI servers turn "-" into "_" in HTTP_* keys: the header's environ key.
         self._domain_environ = ("HTTP_" + domain_header.upper().replace("-", "_")

@@ -203,11 +203,12 @@ def _component_metrics(live: list[Metrics], counter: Any, gauge: Any) -> Iterato
         token_entries += len(cache) if cache is not None else 0
         for name, issuer in dict(getattr(verifier, "_issuers", {})).items():
             source = getattr(issuer, "keys", None)
-            if not hasattr(source, "fetch_count"):
+            fetch_count = getattr(source, "fetch_count", None)
+            if fetch_count is None:
                 continue  # static keys: never fetched
             held = getattr(source, "_keys", None)
             row = per_issuer.setdefault(name, [0, 0, 0])
-            row[0] += int(source.fetch_count)
+            row[0] += int(fetch_count)
             row[1] += int(getattr(source, "failure_count", 0))
             row[2] = max(row[2], len(held.keys) if held is not None else 0)
     for name, (f, fail, k) in sorted(per_issuer.items()):
@@ -364,7 +365,7 @@ def start_http_server(port: int, *, host: str = "127.0.0.1", registry: Any = Non
         daemon_threads = True
 
     class _Quiet(WSGIRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             return None
 
     _prometheus()

@@ -30,6 +30,7 @@ no-ops (nothing here is a header a client could forge).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
@@ -45,6 +46,8 @@ __all__ = [
     "WSGIEnvironSource",
     "build_server_sources",
 ]
+
+logger = logging.getLogger("endpointsec.identity")
 
 Scope = MutableMapping[str, Any]
 Environ = MutableMapping[str, Any]
@@ -112,6 +115,17 @@ class ASGITLSSource(_ServerSource):
         #: Fast path for a reused connection: the exact PEM strings -> the (immutable)
         #: PresentedCertificate built from them, when the server reported no error.
         self._presented: dict[tuple[Any, ...], PresentedCertificate] = {}
+        self._warned = False
+
+    def _warn_no_tls_extension(self) -> None:
+        """Once: TLS requests arrive, but the server does not hand their certificate."""
+        self._warned = True
+        logger.warning(
+            "requests arrive over TLS but the ASGI scope has no TLS extension "
+            "(scope['extensions']['tls']): the 'asgi-tls' source cannot see client "
+            "certificates, so every request that needs one is refused. Run uvicorn with "
+            "--http endpointsec.servers.uvicorn:HttpToolsProtocol (or H11Protocol), or a "
+            "server that provides the extension (see docs/servers.md)")
 
     def from_asgi(self, scope: Scope) -> PresentedCertificate | None:
         extensions = scope.get("extensions")
@@ -136,10 +150,10 @@ class ASGITLSSource(_ServerSource):
 
     def _from_asgi(self, scope: Scope) -> PresentedCertificate | None:
         extensions = scope.get("extensions")
-        if not isinstance(extensions, Mapping):
-            return None
-        tls = extensions.get("tls")
+        tls = extensions.get("tls") if isinstance(extensions, Mapping) else None
         if tls is None:
+            if not self._warned and scope.get("scheme") in ("https", "wss"):
+                self._warn_no_tls_extension()
             return None
         if not isinstance(tls, Mapping):
             raise CertificateError("scope['extensions']['tls'] is not a mapping")
