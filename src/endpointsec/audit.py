@@ -141,6 +141,9 @@ _ESCAPES.update({0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r", 0x5C: "\\\\",
                  0x2028: "\\u2028", 0x2029: "\\u2029", 0x85: "\\x85"})
 
 
+_CONTROL_ESCAPES = {c: e for c, e in _ESCAPES.items() if c != 0x5C}
+
+
 def escape_text(value: str) -> str:
     """``value`` on one line: CR, LF, tab, ESC and every other C0/C1 control character,
     the Unicode line separators and the backslash are written as escapes."""
@@ -280,13 +283,14 @@ class JSONFormatter(logging.Formatter):
 
 class TextFormatter(logging.Formatter):
     """A :class:`logging.Formatter` whose output is always one line: control
-    characters in the message (and in a traceback) are escaped."""
+    characters in the message (and in a traceback) are escaped. (A decision record's
+    message is escaped already, backslashes included.)"""
 
     def __init__(self, fmt: str | None = None, datefmt: str | None = None) -> None:
         super().__init__(fmt or "%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt)
 
     def format(self, record: logging.LogRecord) -> str:
-        return escape_text(super().format(record))
+        return super().format(record).translate(_CONTROL_ESCAPES)
 
 
 # -- request ids ------------------------------------------------------------------------
