@@ -231,8 +231,8 @@ def _component_metrics(live: list[Metrics], counter: Any, gauge: Any) -> Iterato
                          "Certificates in the trust bundle.", labels=["bundle"])
     bundles: dict[str, Any] = {}
     for verifier in _unique(m.chain_verifier for m in live):
-        cache_len = getattr(verifier, "cache_len", None)
-        chain_entries += int(cache_len()) if callable(cache_len) else 0
+        cache_len = getattr(verifier, "cache_len", 0)  # a property
+        chain_entries += int(cache_len() if callable(cache_len) else cache_len)
         for key, bundle in dict(getattr(verifier, "bundles", {})).items():
             bundles.setdefault(key, bundle)
     for key, bundle in sorted(bundles.items()):
