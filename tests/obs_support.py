@@ -69,7 +69,7 @@ def make_material(root: Path) -> Material:
 def asgi_scope(path: str, *, cert: IssuedCertificate | None, token: str | None = None,
                headers: list[tuple[bytes, bytes]] | None = None,
                raw_path: bytes | None = None) -> dict[str, Any]:
-    hs = [(b"host", b"testserver")] + list(headers or [])
+    hs = [(b"host", b"testserver"), *(headers or [])]
     if token is not None:
         hs.append((b"authorization", f"Bearer {token}".encode()))
     return {

@@ -11,6 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from endpointsec import ASGIMiddleware, ConfigurationError, Gatekeeper, WSGIMiddleware
+from endpointsec.audit import JSONFormatter, TextFormatter, escape_text, valid_request_id
+from endpointsec.testing.clients import asgi_client, wsgi_client
 from obs_support import (
     ISSUER,
     SID,
@@ -21,10 +25,6 @@ from obs_support import (
     make_material,
     ok_app,
 )
-
-from endpointsec import ASGIMiddleware, ConfigurationError, Gatekeeper, WSGIMiddleware
-from endpointsec.audit import JSONFormatter, TextFormatter, escape_text, valid_request_id
-from endpointsec.testing.clients import asgi_client, wsgi_client
 
 #: The record keys shared with ``endpointsec learn``/``replay``, in order.
 CONTRACT = ["time", "event", "request_id", "method", "path", "route", "domain", "peer",

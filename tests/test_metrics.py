@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from obs_support import Material, asgi_scope, call_asgi, make_material, ok_app
 
 from endpointsec import ASGIMiddleware, Config, ConfigurationError, Gatekeeper
 from endpointsec import metrics as m
 from endpointsec.testing.tokens import TokenIssuer
+from obs_support import Material, asgi_scope, call_asgi, make_material, ok_app
 
 prometheus_client = pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402

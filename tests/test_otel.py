@@ -8,15 +8,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from obs_support import ISSUER, SID, Material, asgi_scope, make_material, ok_app
 
 from endpointsec import ASGIMiddleware, WSGIMiddleware
 from endpointsec.testing.clients import wsgi_environ
+from obs_support import ISSUER, SID, Material, asgi_scope, make_material, ok_app
 
 pytest.importorskip("opentelemetry.sdk")
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
 
