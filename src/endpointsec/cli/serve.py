@@ -129,7 +129,12 @@ def _policy_summary(config: Config) -> str:
     except Exception as exc:  # the app reports the real error when it loads the policy
         return f"{policy_path} (cannot be read: {type(exc).__name__})"
     mode = ", dry run" if getattr(pc, "dry_run", False) else ""
-    return f"{len(p_rules)} rules, {len(g_rules)} roles from {policy_path}{mode}"
+    return (f"{_count(len(p_rules), 'rule')}, {_count(len(g_rules), 'role')} "
+            f"from {policy_path}{mode}")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _trust_summary(config: Config) -> str:
