@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from endpointsec import ASGIMiddleware, ConfigurationError, Gatekeeper, WSGIMiddleware
 from endpointsec.audit import JSONFormatter, TextFormatter, escape_text, valid_request_id
@@ -364,3 +366,13 @@ def test_docs_sample_record_matches_the_contract() -> None:
     text = docs.read_text(encoding="utf-8")
     block = text.split("```json\n", 1)[1].split("```", 1)[0]
     assert list(json.loads(block)) == [*CONTRACT, "level", "logger"]
+
+
+@given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
+def test_record_time_is_the_datetime_rendering(epoch: float) -> None:
+    import datetime as dt
+
+    from endpointsec.audit import _iso
+
+    expected = dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert _iso(epoch) == expected

@@ -36,7 +36,6 @@ writes CR, LF, ESC and every other control character as ``\\r``, ``\\n``, ``\\x1
 
 from __future__ import annotations
 
-import datetime as dt
 import itertools
 import json
 import logging
@@ -189,8 +188,21 @@ def outcome(decision: Decision) -> str:
 # -- the record -------------------------------------------------------------------------
 
 
+_second: list[Any] = [None, ""]  # the last whole second seen and its formatted prefix
+
+
 def _iso(epoch: float) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """``epoch`` as ``2026-11-27T10:00:00.123456Z`` (the prefix is formatted once per
+    second)."""
+    whole = int(epoch)
+    micros = round((epoch - whole) * 1_000_000)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    cached = _second
+    if cached[0] != whole:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        cached[0], cached[1] = whole, prefix
+    return f"{cached[1]}.{micros:06d}Z"
 
 
 def decision_record(
@@ -257,6 +269,24 @@ def text_line(record: Mapping[str, Any]) -> str:
     return escape_text(" ".join(parts))
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=str)
+
+
+class _Line:
+    """A decision record's log message: :func:`text_line`, worked out when formatted."""
+
+    __slots__ = ("_record", "_text")
+
+    def __init__(self, record: Mapping[str, Any]) -> None:
+        self._record = record
+        self._text: str | None = None
+
+    def __str__(self) -> str:
+        if self._text is None:
+            self._text = text_line(self._record)
+        return self._text
+
+
 class JSONFormatter(logging.Formatter):
     """One JSON object per line.
 
@@ -278,7 +308,7 @@ class JSONFormatter(logging.Formatter):
                 out["exception"] = self.formatException(record.exc_info)
         out["level"] = record.levelname
         out["logger"] = record.name
-        return json.dumps(out, ensure_ascii=True, separators=(",", ":"), default=str)
+        return _ENCODER.encode(out)
 
 
 class TextFormatter(logging.Formatter):
@@ -379,12 +409,15 @@ class Observer:
                 dry_run=facts.requirements.dry_run or bool(getattr(self._policy, "dry_run",
                                                                    False)),
             )
-            line = text_line(record)
         except Exception as exc:  # the log must never turn a decision into a 500
             logger.warning("decision record could not be built: %s", type(exc).__name__)
             return
-        logger.log(level, "%s", line,
-                   extra={"endpointsec_record": record, "endpointsec_decision": decision})
+        # makeRecord + handle: what logger.log does, minus the stack walk of findCaller
+        # (the caller is always this line). The message is worked out when formatted.
+        log_record = logger.makeRecord(
+            logger.name, level, __file__, 0, _Line(record), (), None, "decision",
+            {"endpointsec_record": record, "endpointsec_decision": decision})
+        logger.handle(log_record)
 
     def request_id(self, carrier: MutableMapping[str, Any] | None) -> str:
         """The request id: the configured header's value if valid, else a new one.
