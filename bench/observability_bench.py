@@ -16,8 +16,8 @@ configurations are interleaved so that machine load affects them alike.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import asyncio
+import datetime as dt
 import logging
 import os
 import statistics
