@@ -91,6 +91,12 @@ def test_decisions_and_latency_on_a_real_scrape(material: Material, server: int)
     assert value(parsed, "endpointsec_policy_generation") == 0
     assert value(parsed, "endpointsec_token_cache_entries") >= 1
     assert value(parsed, "endpointsec_chain_cache_entries") == 1
+    # Lookups: the token's first use misses, its reuses hit; "not.a.token" misses.
+    assert value(parsed, "endpointsec_token_cache_lookups_total", result="hit") == 3
+    assert value(parsed, "endpointsec_token_cache_lookups_total", result="miss") == 2
+    # The client certificate: verified once, then found for the 5 other requests.
+    assert value(parsed, "endpointsec_chain_cache_lookups_total", result="hit") == 5
+    assert value(parsed, "endpointsec_chain_cache_lookups_total", result="miss") == 1
     bundle = "identity.trust_bundles"
     assert value(parsed, "endpointsec_trust_bundle_certificates", bundle=bundle) == 1
     assert value(parsed, "endpointsec_trust_bundle_reloads_total", bundle=bundle) == 0
@@ -215,5 +221,23 @@ def test_register_into_another_registry() -> None:
 
 
 def test_no_metrics_without_the_setting(material: Material) -> None:
+    from endpointsec.tokens.cache import VerifiedTokenCache
+
     gk = Gatekeeper.from_config(material.config())
     assert gk.observer is not None and gk.observer.metrics is None
+    # Nothing wraps the caches' lookups.
+    assert type(gk.token_verifier._cache) is VerifiedTokenCache  # type: ignore[union-attr]
+    assert "_cache_get" not in vars(gk.verifier)
+
+
+def test_counted_caches_still_invalidate(material: Material) -> None:
+    """The counting wrapper reads the real token cache, which the key-set change
+    callback (bound to the real cache) still empties."""
+    gk = Gatekeeper.from_config(material.config(audit={"metrics": True}))
+    verifier: Any = gk.token_verifier
+    token = material.issuer.issue(sub="carol", roles=["reader"])
+    principal = verifier.verify(token)
+    assert verifier.verify(token) is principal
+    verifier._cache._inner.drop_issuer(principal.issuer)
+    assert verifier._cache.get(token) is None
+    assert len(verifier._cache) == 0

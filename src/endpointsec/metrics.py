@@ -16,7 +16,9 @@ collector. Exposed:
 ``endpointsec_jwks_fetch_failures_total``        failed fetches, by ``issuer``
 ``endpointsec_jwks_keys``                        keys held, by ``issuer`` (0: none)
 ``endpointsec_token_cache_entries``              verified tokens cached
+``endpointsec_token_cache_lookups_total``        by ``result`` (hit, miss)
 ``endpointsec_chain_cache_entries``              verified certificate chains cached
+``endpointsec_chain_cache_lookups_total``        by ``result`` (hit, miss)
 ``endpointsec_policy_generation``                successful policy reloads
 ``endpointsec_policy_reload_failures_total``     failed policy reloads
 ``endpointsec_policy_rules`` / ``_roles``         ``p`` and ``g`` lines in force
@@ -90,8 +92,8 @@ def forced() -> bool:
 class Metrics:
     """The per-gatekeeper counters, and the components read at scrape time."""
 
-    __slots__ = ("__weakref__", "_bounds", "buckets", "chain_verifier", "counts",
-                 "duration_sum_ns", "policy", "token_verifier")
+    __slots__ = ("__weakref__", "_bounds", "buckets", "chain_cache", "chain_verifier",
+                 "counts", "duration_sum_ns", "policy", "token_cache", "token_verifier")
 
     def __init__(self, *, policy: Any = None, token_verifier: Any = None,
                  chain_verifier: Any = None) -> None:
@@ -104,6 +106,10 @@ class Metrics:
         self.buckets = [0] * (len(_BOUNDS_NS) + 1)
         self.duration_sum_ns = 0
         self._bounds = _BOUNDS_NS
+        #: ``[hits, misses]`` of the verified-token and verified-chain caches, counted
+        #: by the wrappers :func:`_count_cache_lookups` puts around their lookups.
+        self.token_cache = _count_token_cache(token_verifier)
+        self.chain_cache = _count_chain_cache(chain_verifier)
         _LIVE.add(self)
 
     def observe(self, facts: RequestFacts, decision: Decision, duration_ns: int) -> None:
@@ -119,6 +125,62 @@ class Metrics:
 
 
 _ALLOW = ("allow", 200, "policy_allow")
+
+
+# -- cache hit counting (only when metrics are on: a wrapper around the lookup) ----------
+
+
+class _CountingTokenCache:
+    """Stands in for a :class:`~endpointsec.tokens.cache.VerifiedTokenCache` and counts
+    its lookups; everything else goes to the real cache (whose invalidation callbacks
+    keep working, since they are bound to it)."""
+
+    __slots__ = ("_inner", "counts")
+
+    def __init__(self, inner: Any, counts: list[int]) -> None:
+        self._inner = inner
+        self.counts = counts
+
+    def get(self, token: str) -> Any:
+        hit = self._inner.get(token)
+        self.counts[0 if hit is not None else 1] += 1
+        return hit
+
+    def __len__(self) -> int:
+        return len(self._inner)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def _count_token_cache(verifier: Any) -> list[int] | None:
+    cache = getattr(verifier, "_cache", None)
+    if cache is None or not callable(getattr(cache, "get", None)):
+        return None
+    if isinstance(cache, _CountingTokenCache):  # another gatekeeper counts already
+        return cache.counts
+    counts = [0, 0]
+    verifier._cache = _CountingTokenCache(cache, counts)
+    return counts
+
+
+def _count_chain_cache(verifier: Any) -> list[int] | None:
+    lookup = getattr(verifier, "_cache_get", None)
+    if lookup is None:
+        return None
+    existing = getattr(lookup, "endpointsec_counts", None)
+    if existing is not None:
+        return existing  # type: ignore[no-any-return]  # another gatekeeper counts already
+    counts = [0, 0]
+
+    def counted(key: Any, now: float) -> Any:
+        hit = lookup(key, now)
+        counts[0 if hit is not None else 1] += 1
+        return hit
+
+    counted.endpointsec_counts = counts  # type: ignore[attr-defined]
+    verifier._cache_get = counted
+    return counts
 
 
 # -- exposition ---------------------------------------------------------------------------
@@ -220,6 +282,17 @@ def _component_metrics(live: list[Metrics], counter: Any, gauge: Any) -> Iterato
     yield keys
     yield gauge("endpointsec_token_cache_entries", "Verified tokens cached.",
                 value=token_entries)
+    for what, attribute in (("token", "token_cache"), ("chain", "chain_cache")):
+        lookups = counter(f"endpointsec_{what}_cache_lookups",
+                          f"Verified-{what} cache lookups, by result (hit or miss).",
+                          labels=["result"])
+        hits = misses = 0
+        for counts in _unique(getattr(m, attribute) for m in live):
+            hits += counts[0]
+            misses += counts[1]
+        lookups.add_metric(["hit"], hits)
+        lookups.add_metric(["miss"], misses)
+        yield lookups
 
     chain_entries = 0
     reloads = counter("endpointsec_trust_bundle_reloads", "Successful trust-bundle reloads.",
