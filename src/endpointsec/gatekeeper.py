@@ -104,7 +104,8 @@ class Gatekeeper:
         # -- observability: called after every decision (endpointsec.audit); ``...`` is
         # the default decision log, ``None`` nothing at all.
         self.observer: Observer | None = (
-            Observer(config=AuditConfig(), policy=policy, routes=self.routes)
+            build_observer(AuditConfig(), policy=policy, routes=self.routes,
+                           token_verifier=token_verifier, chain_verifier=verifier)
             if isinstance(observer, EllipsisType) else observer)
         self._domain_header = domain_header.lower().encode() if domain_header else None
         # WSGI servers turn "-" into "_" in HTTP_* keys: the header's environ key.
