@@ -11,8 +11,9 @@ spent gathering and deciding. The observer
 * counts the decision for Prometheus (:mod:`endpointsec.metrics`, ``[audit] metrics``);
 * sets attributes on the current OpenTelemetry span (``[audit] otel``).
 
-A record carries its fields as ``record.endpointsec_record`` (a dict, the keys below)
-and the :class:`~endpointsec.facts.Decision` as ``record.endpointsec_decision``; its
+A record carries its fields as ``record.endpointsec_record`` (a dict, the keys below),
+the :class:`~endpointsec.facts.Decision` as ``record.endpointsec_decision`` and the
+request's :class:`~endpointsec.facts.RequestFacts` as ``record.endpointsec_facts``; its
 message is the same decision on one line of plain text. :class:`JSONFormatter` writes
 the dict as one JSON object per line::
 
@@ -227,7 +228,7 @@ def decision_record(
         "event": "endpointsec.decision",
         "request_id": request_id,
         "method": facts.method[:_MAX_METHOD],
-        "path": facts.raw_path[:_MAX_PATH],
+        "path": (facts.path if facts.path is not None else facts.raw_path)[:_MAX_PATH],
         "route": route,
         "domain": facts.domain,
         "peer": None if peer is None else {
@@ -416,7 +417,8 @@ class Observer:
         # (the caller is always this line). The message is worked out when formatted.
         log_record = logger.makeRecord(
             logger.name, level, __file__, 0, _Line(record), (), None, "decision",
-            {"endpointsec_record": record, "endpointsec_decision": decision})
+            {"endpointsec_record": record, "endpointsec_decision": decision,
+             "endpointsec_facts": facts})
         logger.handle(log_record)
 
     def request_id(self, carrier: MutableMapping[str, Any] | None) -> str:
