@@ -45,11 +45,19 @@ async def app(scope, receive, send):
 '''
 
 
+WSGI_APP = '''
+def app(environ, start_response):
+    start_response("200 OK", [("content-type", "text/plain")])
+    return [b"ok"]
+'''
+
+
 @pytest.fixture(scope="module")
 def served(server_pki: ServerPki, tmp_path_factory: pytest.TempPathFactory
            ) -> tuple[Path, TokenIssuer]:
     root = tmp_path_factory.mktemp("serve-observability")
     (root / "obs_app.py").write_text(APP)
+    (root / "obs_wsgi.py").write_text(WSGI_APP)
     issuer = TokenIssuer(issuer=ISSUER)
     (root / "issuer.pem").write_bytes(issuer.public_key_pem)
     (root / "policy.csv").write_text(
@@ -74,19 +82,23 @@ public_key = "issuer.pem"
 [policy]
 policy = "policy.csv"
 """)
+    toml = (root / "endpointsec.toml").read_text()
+    (root / "gunicorn.toml").write_text(toml.replace('sources = ["asgi-tls"]',
+                                                     'sources = ["gunicorn"]'))
     return root, issuer
 
 
 @contextlib.contextmanager
-def serve(root: Path, *extra: str) -> Iterator[tuple[int, int, Path]]:
+def serve(root: Path, *extra: str, app: str = "obs_app:app",
+          config: str = "endpointsec.toml") -> Iterator[tuple[int, int, Path]]:
     port, metrics_port = free_port(), free_port()
     out = root / f"serve-{port}.log"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
     with out.open("wb") as sink:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "endpointsec.cli", "serve", "obs_app:app", "--wrap",
-             "--app-dir", str(root), "--config", str(root / "endpointsec.toml"),
+            [sys.executable, "-m", "endpointsec.cli", "serve", app, "--wrap",
+             "--app-dir", str(root), "--config", str(root / config),
              "--port", str(port), "--metrics-port", str(metrics_port), *extra],
             cwd=root, env=env, stdout=sink, stderr=subprocess.STDOUT)
         try:
@@ -199,6 +211,29 @@ def test_json_records(served: tuple[Path, TokenIssuer], server_pki: ServerPki) -
     assert decisions[0]["peer"]["spiffe_id"] == SID
     assert decisions[1]["request_principal"] == {"issuer": ISSUER, "subject": EVIL_SUB}
     assert "\x1b" not in text
+
+
+def test_gunicorn_worker_serves_its_metrics(served: tuple[Path, TokenIssuer],
+                                            server_pki: ServerPki) -> None:
+    """WSGI under gunicorn: the worker holds the counts, so it serves the metrics."""
+    pytest.importorskip("prometheus_client")
+    pytest.importorskip("gunicorn")
+    root, issuer = served
+    with serve(root, "--log-level", "info", app="obs_wsgi:app",
+               config="gunicorn.toml") as (port, metrics_port, out):
+        _requests(port, server_pki, issuer)
+        wait_for_port(metrics_port, None)
+        parsed = scrape(metrics_port)
+        text = output(out, until="mallory")
+    assert "(gunicorn, WSGI, client certificate required)" in text
+    assert parsed[("endpointsec_decisions_total", (("decision", "allow"),
+                                                   ("reason", "policy_allow"),
+                                                   ("status", "200")))] == 1
+    assert parsed[("endpointsec_decisions_total", (("decision", "deny"),
+                                                   ("reason", "policy_deny"),
+                                                   ("status", "403")))] == 2
+    assert len([line for line in text.splitlines() if " endpointsec.decision: deny 403"
+                in line]) == 2, text
 
 
 def test_warning_level_is_quiet(served: tuple[Path, TokenIssuer],
