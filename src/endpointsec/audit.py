@@ -189,20 +189,21 @@ def outcome(decision: Decision) -> str:
 # -- the record -------------------------------------------------------------------------
 
 
-_second: list[Any] = [None, ""]  # the last whole second seen and its formatted prefix
+#: The last whole second formatted, with its text (one tuple: replaced atomically).
+_second: tuple[int, str] = (-1, "")
 
 
 def _iso(epoch: float) -> str:
     """``epoch`` as ``2026-11-27T10:00:00.123456Z`` (the prefix is formatted once per
     second)."""
+    global _second
     whole = int(epoch)
     micros = round((epoch - whole) * 1_000_000)
     if micros >= 1_000_000:
         whole, micros = whole + 1, micros - 1_000_000
     cached = _second
     if cached[0] != whole:
-        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-        cached[0], cached[1] = whole, prefix
+        cached = _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
     return f"{cached[1]}.{micros:06d}Z"
 
 
