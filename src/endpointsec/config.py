@@ -12,7 +12,8 @@ Sections (every key is documented in ``docs/configuration.md``):
 ``[tokens]``    bearer-token issuers;
 ``[policy]``    the Casbin model and policy;
 ``[defaults]`` and ``[[routes]]``  what each route requires;
-``[server]``    ``endpointsec serve``: the server certificate, key and client CA.
+``[server]``    ``endpointsec serve``: the server certificate, key and client CA;
+``[audit]``     the decision log, metrics and tracing.
 
 An invalid configuration raises :class:`endpointsec.errors.ConfigurationError` at
 start-up with a message that names the offending key.
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from endpointsec._config import Table
+from endpointsec.audit import AuditConfig
 from endpointsec.errors import ConfigurationError
 from endpointsec.facts import MTLS, Requirements, TokenUse
 from endpointsec.identity.config import IdentityConfig
@@ -127,6 +129,7 @@ class Config:
     defaults: Requirements = field(default_factory=Requirements)
     routes: tuple[RouteConfig, ...] = ()
     server: ServerConfig = field(default_factory=ServerConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     #: Where the configuration was read from (``None`` when built in Python).
     source: Path | None = None
 
@@ -140,6 +143,7 @@ class Config:
         policy_t = root.table("policy")
         defaults_t = root.table("defaults")
         server_t = root.table("server")
+        audit_t = root.table("audit")
         defaults = Requirements()
         if defaults_t is not None:
             defaults = requirements_from_table(defaults_t)
@@ -156,6 +160,7 @@ class Config:
             defaults=defaults,
             routes=routes,
             server=ServerConfig.from_table(server_t) if server_t else ServerConfig(),
+            audit=AuditConfig.from_table(audit_t) if audit_t else AuditConfig(),
             source=source,
         )
 

@@ -25,11 +25,13 @@ verification call, which is ``verify`` in a thread and ``averify`` on the loop.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
+from time import perf_counter_ns
+from types import EllipsisType
 from typing import Any
 
+from endpointsec.audit import AuditConfig, Observer, RouteOf, build_observer
 from endpointsec.config import Config
 from endpointsec.core import decide, decide_route
 from endpointsec.errors import (
@@ -61,8 +63,6 @@ from endpointsec.wirepath import (
 
 __all__ = ["Gatekeeper", "SecurityContext"]
 
-logger = logging.getLogger("endpointsec.decision")
-
 Scope = MutableMapping[str, Any]
 Environ = MutableMapping[str, Any]
 
@@ -93,6 +93,7 @@ class Gatekeeper:
         token_reader: Any = None,
         routes: RouteTable | None = None,
         domain_header: str | None = None,
+        observer: Observer | EllipsisType | None = ...,
     ) -> None:
         self.policy = policy
         self.sources = tuple(sources)
@@ -100,6 +101,12 @@ class Gatekeeper:
         self.token_verifier = token_verifier
         self.token_reader = token_reader
         self.routes = routes or RouteTable()
+        # -- observability: called after every decision (endpointsec.audit); ``...`` is
+        # the default decision log, ``None`` nothing at all.
+        self.observer: Observer | None = (
+            build_observer(AuditConfig(), policy=policy, routes=self.routes,
+                           token_verifier=token_verifier, chain_verifier=verifier)
+            if isinstance(observer, EllipsisType) else observer)
         self._domain_header = domain_header.lower().encode() if domain_header else None
         # WSGI servers turn "-" into "_" in HTTP_* keys: the header's environ key.
         self._domain_environ = ("HTTP_" + domain_header.upper().replace("-", "_")
@@ -107,10 +114,6 @@ class Gatekeeper:
         if self.sources and self.verifier is None:
             raise ConfigurationError("certificate sources are configured but no verifier",
                                      key="identity")
-        lookup = getattr(token_verifier, "lookup", None)
-        #: The token verifier's cache of verified tokens, if it has one.
-        self._token_lookup: Callable[[str], RequestPrincipal | None] | None = (
-            lookup if callable(lookup) else None)
         names = getattr(token_reader, "header_names", None)
         self._token_environ: tuple[tuple[bytes, str], ...] | None = tuple(
             (n, "HTTP_" + n.decode("latin-1").upper().replace("-", "_")) for n in names
@@ -140,14 +143,18 @@ class Gatekeeper:
                 key="identity.sources",
             )
         verifier = X509ChainVerifier(config=config.identity) if sources else None
+        policy = build_policy(config.policy)
+        token_verifier = build_token_verifier(config.tokens)
         return cls(
-            policy=build_policy(config.policy),
+            policy=policy,
             sources=sources,
             verifier=verifier,
-            token_verifier=build_token_verifier(config.tokens),
+            token_verifier=token_verifier,
             token_reader=build_token_reader(config.tokens),
             routes=routes,
             domain_header=getattr(config.policy, "domain_header", None),
+            observer=build_observer(config.audit, policy=policy, routes=routes,
+                                    token_verifier=token_verifier, chain_verifier=verifier),
         )
 
     @classmethod
@@ -176,15 +183,31 @@ class Gatekeeper:
 
     # -- decide -----------------------------------------------------------------------
 
-    def decide(self, facts: RequestFacts) -> Decision:
+    def decide(self, facts: RequestFacts, *, carrier: Scope | Environ | None = None,
+               started_ns: int = 0, route_of: RouteOf | None = None) -> Decision:
+        """:func:`endpointsec.decide` with the current policy, then the observer.
+
+        ``carrier`` (the scope or environ), ``started_ns`` (``perf_counter_ns()`` before
+        gathering) and ``route_of`` are for the observer (:mod:`endpointsec.audit`).
+        """
+        observer = self.observer
+        if observer is None:
+            return decide(facts, self.policy)
+        start = started_ns or perf_counter_ns()
         decision = decide(facts, self.policy)
-        _log(decision)
+        observer(facts, decision, perf_counter_ns() - start, carrier, route_of)
         return decision
 
-    def decide_route(self, facts: RequestFacts, route: Requirements | None) -> Decision:
+    def decide_route(self, facts: RequestFacts, route: Requirements | None, *,
+                     carrier: Scope | Environ | None = None, started_ns: int = 0,
+                     route_of: RouteOf | None = None) -> Decision:
         """Decide with a route's own (narrowing) requirements; see :func:`decide_route`."""
+        observer = self.observer
+        if observer is None:
+            return decide_route(facts, self.policy, route)
+        start = started_ns or perf_counter_ns()
         decision = decide_route(facts, self.policy, route)
-        _log(decision)
+        observer(facts, decision, perf_counter_ns() - start, carrier, route_of)
         return decision
 
     # -- the per-request path ---------------------------------------------------------
@@ -204,13 +227,10 @@ class Gatekeeper:
         token_str, token_error = self._read_token(headers, scope.get("query_string", b""))
         token: RequestPrincipal | None = None
         if token_str is not None and self.token_verifier is not None:
-            # A token verified before is answered without a coroutine.
-            token = self._token_lookup(token_str) if self._token_lookup else None
-            if token is None:
-                try:
-                    token = await self.token_verifier.averify(token_str)
-                except Exception as exc:
-                    token_error = _token_failure(exc)
+            try:
+                token = await self.token_verifier.averify(token_str)
+            except Exception as exc:
+                token_error = _token_failure(exc)
         return _facts(
             method=method, raw_path=raw_path, route=route, peer=peer, peer_error=peer_error,
             token=token, token_error=token_error,
@@ -415,14 +435,3 @@ def _token_failure(exc: Exception) -> EndpointSecError:
     if isinstance(exc, EndpointSecError):
         return exc
     return TokenError(f"token could not be processed: {type(exc).__name__}")
-
-
-def _log(decision: Decision) -> None:
-    """The decision log: denials and dry-run "would deny" at INFO, allows at DEBUG.
-
-    Each record carries the :class:`Decision` as ``record.endpointsec_decision``.
-    """
-    level = logging.DEBUG if decision.allowed and not decision.would_deny else logging.INFO
-    if logger.isEnabledFor(level):
-        logger.log(level, "endpointsec decision\n%s", decision.explain(),
-                   extra={"endpointsec_decision": decision})

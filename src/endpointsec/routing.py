@@ -47,6 +47,7 @@ class _Route:
     pattern: re.Pattern[str]
     methods: frozenset[str]
     requirements: Requirements
+    template: str = ""
 
 
 class RouteTable:
@@ -60,7 +61,8 @@ class RouteTable:
     ) -> None:
         self.defaults = defaults or Requirements()
         self._routes = tuple(
-            _Route(compile_template(path), methods, req) for path, methods, req in routes
+            _Route(compile_template(path), methods, req, path)
+            for path, methods, req in routes
         )
 
     def match(self, method: str, path: str) -> Requirements:
@@ -73,6 +75,17 @@ class RouteTable:
             if route.pattern.match(path):
                 return route.requirements
         return self.defaults
+
+    def template_for(self, method: str, path: str) -> str | None:
+        """The template of the route :meth:`match` picks (``None``: the defaults)."""
+        for route in self._routes:
+            if route.methods and method not in route.methods and not (
+                method == "HEAD" and "GET" in route.methods
+            ):
+                continue
+            if route.pattern.match(path):
+                return route.template
+        return None
 
     def with_routes(
         self, routes: Sequence[tuple[str, frozenset[str], Requirements]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,8 @@ __all__ = ["run_gunicorn"]
 
 def run_gunicorn(app: Any, *, host: str, port: int, certfile: Path, keyfile: Path,
                  client_ca: Path, cert_reqs: int = ssl.CERT_REQUIRED, workers: int = 1,
-                 threads: int = 4, log_level: str = "warning") -> int:
+                 threads: int = 4, log_level: str = "warning",
+                 on_worker_start: Callable[[], None] | None = None) -> int:
     """Serve ``app`` with gunicorn's gthread worker; blocks until stopped."""
     from gunicorn.app.base import BaseApplication
 
@@ -26,6 +28,8 @@ def run_gunicorn(app: Any, *, host: str, port: int, certfile: Path, keyfile: Pat
         "cert_reqs": cert_reqs,
         "loglevel": log_level,
     }
+    if on_worker_start is not None:
+        options["post_worker_init"] = lambda _worker: on_worker_start()
 
     class _App(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:

@@ -20,6 +20,11 @@ Problems reported (exit status 1 when there is any, 0 when there is none):
 * routes with no rule: a non-public ``[[routes]]`` entry that no allow rule matches
   for any subject, so every request to it is denied.
 
+With ``--online``, every remote key set (``jwks_url``, and the OIDC discovery document
+of ``discovery_url``) is also fetched once, with the same checks as at run time
+(redirects, size, key policy); each that fails is a problem naming the issuer, the URL
+and the cause.
+
 The rule-shape checks (subjects, objects, actions) apply to the shipped default model;
 shadowing and route coverage are checked, with the real evaluator, for any model with
 ``sub``, ``obj`` and ``act`` fields in its policy definition.
@@ -63,12 +68,18 @@ def register(sub: Any) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("config", type=Path, metavar="CONFIG", help="endpointsec.toml")
+    p.add_argument("--online", action="store_true",
+                   help="also fetch every remote key set and discovery document")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the problems found; 1 if there are any."""
     problems, notes = lint(args.config)
+    if getattr(args, "online", False):
+        more, more_notes = check_online(args.config)
+        problems += more
+        notes += more_notes
     print(f"check {args.config}")
     for note in notes:
         print(f"  note   {note}")
@@ -202,6 +213,56 @@ def lint(config_path: Path) -> tuple[list[Problem], list[str]]:
                      "coverage are checked with the model")
     problems += _shadowed(rules, policy)
     problems += _uncovered_routes(rules, policy, config)
+    return problems, notes
+
+
+def check_online(config_path: Path) -> tuple[list[Problem], list[str]]:
+    """Fetch every remote key set once; a problem for each that fails."""
+    import asyncio
+
+    import httpx
+
+    from endpointsec.config import load_config
+    from endpointsec.tokens.jwks import BackgroundLoop, RemoteKeySource
+    from endpointsec.tokens.keys import KeySetError
+
+    try:
+        config = load_config(config_path)
+    except ConfigurationError:
+        return [], []  # already reported by lint
+    problems: list[Problem] = []
+    notes: list[str] = []
+    for ic in config.tokens.issuers:
+        url = ic.discovery_url or ic.jwks_url
+        if url is None:
+            continue
+        where = f"tokens.issuers[{ic.issuer!r}]"
+        source = RemoteKeySource(config=ic, loop=BackgroundLoop())
+
+        async def fetch(source: RemoteKeySource = source, timeout: float = ic.jwks_timeout
+                        ) -> Any:
+            async with asyncio.timeout(timeout):
+                return await source._download()
+
+        cause: str | None = None
+        try:
+            keys = asyncio.run(fetch())
+        except (KeySetError, ConfigurationError) as exc:
+            cause = str(exc)
+        except TimeoutError:
+            cause = f"timed out after {ic.jwks_timeout}s"
+        except httpx.HTTPError as exc:
+            cause = f"{type(exc).__name__}: {str(exc)[:200]}"
+        except Exception as exc:  # report, never crash the check
+            cause = f"{type(exc).__name__}: {str(exc)[:200]}"
+        fetched = source._jwks_uri or url
+        if cause is not None:
+            problems.append(Problem(where, f"key set of issuer {ic.issuer!r} cannot be "
+                                           f"fetched from {fetched}: {cause}"))
+        else:
+            notes.append(f"issuer {ic.issuer!r}: {len(keys.keys)} key(s) from {fetched}")
+    if not any(ic.discovery_url or ic.jwks_url for ic in config.tokens.issuers):
+        notes.append("--online: no remote key set configured")
     return problems, notes
 
 

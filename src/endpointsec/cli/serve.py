@@ -6,6 +6,12 @@ certificate, key and client CA from ``[server]`` and *require* a client certific
 the TLS handshake unless ``client_cert = "optional"``. The configuration path is
 exported as ``ENDPOINTSEC_CONFIG`` so the app can load the same file; ``--wrap`` wraps
 the app in endpointsec's middleware for apps that do not wire it themselves.
+
+At start it prints the URL it listens on, the configuration file, the policy size and
+the trust domains. ``--log-level`` applies to endpointsec's loggers too (and
+``--log-format json`` writes them as JSON lines): at ``info`` each denial is one line
+with its reason. ``--metrics-port N`` serves Prometheus metrics on
+``127.0.0.1:N/metrics``, apart from the app.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import logging
 import os
 import ssl
 import sys
@@ -42,7 +49,14 @@ def register(sub: Any) -> None:
     p.add_argument("--http", choices=["httptools", "h11"], default="httptools",
                    help="uvicorn HTTP implementation (ASGI apps)")
     p.add_argument("--log-level", default="warning",
-                   help="server log level: debug, info, warning (default), error")
+                   choices=["critical", "error", "warning", "info", "debug"],
+                   help="server and endpointsec log level (info: one line per denial)")
+    p.add_argument("--log-format", default="text", choices=["text", "json"],
+                   help="endpointsec's log records as plain text or JSON lines")
+    p.add_argument("--metrics-port", type=int, default=None, metavar="N",
+                   help="serve Prometheus metrics on --metrics-host:N/metrics")
+    p.add_argument("--metrics-host", default="127.0.0.1",
+                   help="address of the metrics server (default 127.0.0.1)")
     p.set_defaults(handler=_handle)
 
 
@@ -83,19 +97,108 @@ def _server_settings(config: Config) -> tuple[Path, Path, Path]:
     return paths[0], paths[1], paths[2]
 
 
+def setup_logging(level: str, *, fmt: str = "text") -> None:
+    """Send endpointsec's loggers to stderr at ``level``, one line per record (plain
+    text with control characters escaped, or JSON)."""
+    from endpointsec.audit import JSONFormatter, TextFormatter
+
+    root = logging.getLogger("endpointsec")
+    root.setLevel(level.upper())
+    for handler in list(root.handlers):
+        if getattr(handler, "_endpointsec_serve", False):
+            root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
+    handler._endpointsec_serve = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.propagate = False
+
+
+def _policy_summary(config: Config) -> str:
+    pc = config.policy
+    if getattr(pc, "allow_authenticated", False):
+        return "every authenticated caller is allowed (allow_authenticated)"
+    policy_path: Path | None = getattr(pc, "policy", None)
+    if policy_path is None:
+        return "from an adapter"
+    from endpointsec.cli.check import _load_rules
+    from endpointsec.policy.enforcer import DEFAULT_MODEL_PATH
+
+    try:
+        _, p_rules, g_rules = _load_rules(getattr(pc, "model", None) or DEFAULT_MODEL_PATH,
+                                          policy_path)
+    except Exception as exc:  # the app reports the real error when it loads the policy
+        return f"{policy_path} (cannot be read: {type(exc).__name__})"
+    mode = ", dry run" if getattr(pc, "dry_run", False) else ""
+    return (f"{_count(len(p_rules), 'rule')}, {_count(len(g_rules), 'role')} "
+            f"from {policy_path}{mode}")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _trust_summary(config: Config) -> str:
+    identity = config.identity
+    domains = list(identity.trust_domains) or list(identity.allowed_trust_domains)
+    if domains:
+        return ", ".join(sorted(domains))
+    if identity.trust_bundles:
+        return "any (trust_bundles: " + ", ".join(str(p) for p in identity.trust_bundles) + ")"
+    return "none (no certificate source configured)"
+
+
+def _announce(config: Config, config_path: Path, *, host: str, port: int, server: str,
+              metrics: str | None) -> None:
+    client = config.server.client_cert
+    lines = [
+        f"endpointsec serve: listening on https://{_url_host(host)}:{port} ({server}, "
+        f"client certificate {client})",
+        f"  config:        {config_path.resolve()}",
+        f"  policy:        {_policy_summary(config)}",
+        f"  trust domains: {_trust_summary(config)}",
+    ]
+    if metrics is not None:
+        lines.append(f"  metrics:       {metrics}")
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def serve(app_spec: str, *, config_path: Path, app_dir: Path = Path("."),
           host: str | None = None, port: int | None = None, wrap: bool = False,
-          http: str = "httptools", log_level: str = "warning") -> int:
+          http: str = "httptools", log_level: str = "warning", log_format: str = "text",
+          metrics_port: int | None = None, metrics_host: str = "127.0.0.1") -> int:
     """Serve ``app_spec`` over mTLS as configured in ``config_path``; blocks."""
     config = load_config(config_path)
     certfile, keyfile, client_ca = _server_settings(config)
     os.environ["ENDPOINTSEC_CONFIG"] = str(config_path.resolve())
+    setup_logging(log_level, fmt=log_format)
+    metrics_url: str | None = None
+    if metrics_port is not None:
+        from endpointsec import metrics
+
+        if config.server.workers > 1:
+            raise ConfigurationError("--metrics-port needs one worker process (each "
+                                     "worker counts its own decisions)", key="server.workers")
+        metrics.enable()  # before the app builds its gatekeeper
+        metrics_url = f"http://{_url_host(metrics_host)}:{metrics_port}/metrics"
     app = import_app(app_spec, app_dir=app_dir)
     host = host or config.server.host
     port = config.server.port if port is None else port
     cert_reqs = ssl.CERT_REQUIRED if config.server.client_cert == "required" else ssl.CERT_OPTIONAL
-    if is_asgi(app):
+    asgi = is_asgi(app)
+    _announce(config, config_path, host=host, port=port,
+              server="uvicorn, ASGI" if asgi else "gunicorn, WSGI", metrics=metrics_url)
+    if asgi:
         import uvicorn
+
+        if metrics_port is not None:
+            from endpointsec.metrics import start_http_server
+
+            start_http_server(metrics_port, host=metrics_host)
 
         from endpointsec.integrations.asgi import ASGIMiddleware
         from endpointsec.servers.uvicorn import H11Protocol, HttpToolsProtocol
@@ -119,11 +222,21 @@ def serve(app_spec: str, *, config_path: Path, app_dir: Path = Path("."),
         from endpointsec.integrations.wsgi import WSGIMiddleware
 
         app = WSGIMiddleware(app, config=config)
+    on_worker_start = None
+    if metrics_port is not None:
+        from endpointsec.metrics import start_http_server
+
+        def on_worker_start() -> None:  # the worker holds the counts: serve them there
+            start_http_server(metrics_port, host=metrics_host)
+
     return run_gunicorn(app, host=host, port=port, certfile=certfile, keyfile=keyfile,
                         client_ca=client_ca, cert_reqs=cert_reqs,
-                        workers=config.server.workers, log_level=log_level)
+                        workers=config.server.workers, log_level=log_level,
+                        on_worker_start=on_worker_start)
 
 
 def _handle(args: argparse.Namespace) -> int:
     return serve(args.app, config_path=args.config, app_dir=args.app_dir, host=args.host,
-                 port=args.port, wrap=args.wrap, http=args.http, log_level=args.log_level)
+                 port=args.port, wrap=args.wrap, http=args.http, log_level=args.log_level,
+                 log_format=args.log_format, metrics_port=args.metrics_port,
+                 metrics_host=args.metrics_host)

@@ -30,6 +30,7 @@ no-ops (nothing here is a header a client could forge).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
@@ -46,6 +47,8 @@ __all__ = [
     "WSGIEnvironSource",
     "build_server_sources",
 ]
+
+logger = logging.getLogger("endpointsec.identity")
 
 Scope = MutableMapping[str, Any]
 Environ = MutableMapping[str, Any]
@@ -100,6 +103,17 @@ class ASGITLSSource(_ServerSource):
         #: for chains the server reported no error for.
         self._memo: Memo[tuple[Any, ...], PresentedCertificate] = Memo(
             max_entries=_MEMO_ENTRIES, max_bytes=_MEMO_BYTES)
+        self._warned = False
+
+    def _warn_no_tls_extension(self) -> None:
+        """Once: TLS requests arrive, but the server does not hand their certificate."""
+        self._warned = True
+        logger.warning(
+            "requests arrive over TLS but the ASGI scope has no TLS extension "
+            "(scope['extensions']['tls']): the 'asgi-tls' source cannot see client "
+            "certificates, so every request that needs one is refused. Run uvicorn with "
+            "--http endpointsec.servers.uvicorn:HttpToolsProtocol (or H11Protocol), or a "
+            "server that provides the extension (see docs/servers.md)")
 
     def from_asgi(self, scope: Scope) -> PresentedCertificate | None:
         extensions = scope.get("extensions")
@@ -120,10 +134,10 @@ class ASGITLSSource(_ServerSource):
 
     def _from_asgi(self, scope: Scope) -> PresentedCertificate | None:
         extensions = scope.get("extensions")
-        if not isinstance(extensions, Mapping):
-            return None
-        tls = extensions.get("tls")
+        tls = extensions.get("tls") if isinstance(extensions, Mapping) else None
         if tls is None:
+            if not self._warned and scope.get("scheme") in ("https", "wss"):
+                self._warn_no_tls_extension()
             return None
         if not isinstance(tls, Mapping):
             raise CertificateError("scope['extensions']['tls'] is not a mapping")

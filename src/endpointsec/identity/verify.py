@@ -123,6 +123,8 @@ class TrustBundle:
         self._state: tuple[Store, int, tuple[x509.Certificate, ...]] = (
             Store(list(certs)), 0, tuple(certs))
         self._checked_at = time.monotonic()
+        #: Reloads that failed (the last good bundle stayed in force), for metrics.
+        self.reload_failures = 0
 
     def _signature(self) -> _Signature:
         out = []
@@ -170,6 +172,7 @@ class TrustBundle:
             try:
                 signature = self._signature()
             except OSError as exc:
+                self.reload_failures += 1
                 logger.warning("trust bundle %s: cannot stat (%s); keeping the last good "
                                "bundle", self.key, exc)
                 return
@@ -178,6 +181,7 @@ class TrustBundle:
             try:
                 certs = self._load()
             except (OSError, CertificateError) as exc:
+                self.reload_failures += 1
                 logger.warning("trust bundle %s: reload failed (%s); keeping the last good "
                                "bundle", self.key, exc)
                 return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
+from time import perf_counter_ns
 from typing import Any
 
 from endpointsec.config import Config
@@ -41,6 +42,8 @@ class ASGIMiddleware:
         self.app = app
         self.gatekeeper = Gatekeeper.resolve(config=config, gatekeeper=gatekeeper)
         self._bearer = self.gatekeeper.token_verifier is not None
+        #: The app's route template for the decision log (framework adapters set it).
+        self._route_of: Callable[[Scope], str | None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -50,8 +53,9 @@ class ASGIMiddleware:
                 await self.app(scope, receive, send)
             return
         gk = self.gatekeeper
+        started = perf_counter_ns() if gk.observer is not None else 0
         facts = self._route_facts(scope, await gk.gather_asgi(scope))
-        decision = gk.decide(facts)
+        decision = gk.decide(facts, carrier=scope, started_ns=started, route_of=self._route_of)
         if not decision.allowed:
             if scope["type"] == "websocket":
                 await self._refuse_websocket(scope, receive, send, decision)

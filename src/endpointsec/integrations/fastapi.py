@@ -90,6 +90,7 @@ class _Middleware(ASGIMiddleware):
     def __init__(self, app: Any, *, gatekeeper: Gatekeeper, owner: EndpointSec) -> None:
         super().__init__(app, gatekeeper=gatekeeper)
         self._owner = owner
+        self._route_of = owner._route_template
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if not self._owner._routes_resolved and scope["type"] in ("http", "websocket"):
@@ -162,6 +163,21 @@ class EndpointSec:
             return None
         return None
 
+    def _route_template(self, scope: Any) -> str | None:
+        """The template of the route Starlette runs (or ran) for the request, for the
+        decision log; computed only when a record is written."""
+        from starlette.routing import Match
+
+        route = scope.get("route")
+        if route is None:
+            for candidate in self._app_routes:
+                match, _ = candidate.matches(scope)
+                if match is Match.FULL:
+                    route = candidate
+                    break
+        path_format = getattr(route, "path_format", None)
+        return path_format if isinstance(path_format, str) else None
+
     def _add_mtls_scheme(self, app: FastAPI, schema: dict[str, Any]) -> None:
         components = schema.setdefault("components", {})
         schemes = components.setdefault("securitySchemes", {})
@@ -213,12 +229,13 @@ class EndpointSec:
     def _dependency(self, rule: RouteRule | None) -> Callable[..., Awaitable[Principal]]:
         gk = self.gatekeeper
         bearer = self._bearer
+        route_of = self._route_template
 
         async def check(conn: HTTPConnection) -> Principal:
             ctx: SecurityContext | None = conn.scope.get("endpointsec")
             facts = ctx.facts if ctx is not None else await gk.gather_asgi(conn.scope)
             route = rule.apply(facts.requirements) if rule is not None else None
-            decision = gk.decide_route(facts, route)
+            decision = gk.decide_route(facts, route, carrier=conn.scope, route_of=route_of)
             if not decision.allowed:
                 if conn.scope["type"] == "websocket":
                     raise WebSocketException(code=1008)

@@ -19,7 +19,9 @@ the same problem+json responses as the middleware's.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
+from time import perf_counter_ns
 from typing import Any, TypeVar, cast
 
 from flask import Flask, Response, current_app, g, request
@@ -76,6 +78,15 @@ def _get_principal() -> Principal:
 current_principal: Principal = cast(Principal, LocalProxy(_get_principal))
 
 
+_CONVERTER = re.compile(r"<(?:[A-Za-z_][A-Za-z0-9_]*(?:\([^)]*\))?:)?([A-Za-z_][A-Za-z0-9_]*)>")
+
+
+def _route_template(environ: Any) -> str | None:
+    """The matched Flask rule as a route template (``<int:id>`` becomes ``{id}``)."""
+    rule = request.url_rule
+    return None if rule is None else _CONVERTER.sub(r"{\1}", rule.rule)
+
+
 class _Refused(HTTPException):
     def __init__(self, response: Response) -> None:
         super().__init__(response=response)
@@ -110,13 +121,15 @@ class EndpointSec:
     def _check(self) -> None:
         gk = self.gatekeeper
         environ = request.environ
+        started = perf_counter_ns() if gk.observer is not None else 0
         facts = gk.gather_wsgi(environ)
         rule: RouteRule | None = None
         if request.url_rule is not None and request.url_rule.endpoint is not None:
             view = current_app.view_functions.get(request.url_rule.endpoint)
             rule = getattr(view, _ATTR, None)
         route = rule.apply(facts.requirements) if rule is not None else None
-        decision = gk.decide_route(facts, route)
+        decision = gk.decide_route(facts, route, carrier=environ, started_ns=started,
+                                   route_of=_route_template)
         if not decision.allowed:
             resp = error_response(decision, bearer=self._bearer)
             raise _Refused(Response(resp.body, status=resp.status, headers=list(resp.headers)))

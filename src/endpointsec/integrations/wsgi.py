@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, MutableMapping
+from time import perf_counter_ns
 from typing import Any
 
 from endpointsec.config import Config
@@ -39,8 +40,9 @@ class WSGIMiddleware:
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         gk = self.gatekeeper
+        started = perf_counter_ns() if gk.observer is not None else 0
         facts = gk.gather_wsgi(environ)
-        decision = gk.decide(facts)
+        decision = gk.decide(facts, carrier=environ, started_ns=started)
         if not decision.allowed:
             resp = error_response(decision, bearer=self._bearer)
             start_response(f"{resp.status} {_REASONS.get(resp.status, 'Forbidden')}",

@@ -536,6 +536,7 @@ class CasbinPolicy:
         self.generation = 0
         #: Why the last reload failed (``None`` after a successful one).
         self.last_reload_error: str | None = None
+        self.reload_failures = 0  # observability: failed reloads, for metrics
         self._snapshot: _Snapshot = self._build()
         self._watch_interval = watch_interval
         self._watched = tuple(p for p in (self._model_path, self._policy_path) if p is not None)
@@ -644,6 +645,7 @@ class CasbinPolicy:
                 reason = str(exc) if isinstance(exc, ConfigurationError) else (
                     f"{type(exc).__name__}: {exc}")
                 self.last_reload_error = reason
+                self.reload_failures += 1  # observability
                 logger.error("policy reload failed; keeping the last good policy: %s", reason)
                 if isinstance(exc, ConfigurationError):
                     raise

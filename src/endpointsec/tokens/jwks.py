@@ -167,8 +167,9 @@ class RemoteKeySource:
                 raise ConfigurationError(
                     f"cannot load a CA bundle: {exc}",
                     key=f"tokens.issuers[{config.issuer!r}].jwks_ca_file") from exc
-        #: Number of fetch attempts (for tests and metrics).
+        #: Number of fetch attempts, and of failed ones (for tests and metrics).
         self.fetch_count = 0
+        self.failure_count = 0
 
     # -- the decision shared by the sync and async paths --------------------------------
 
@@ -281,7 +282,9 @@ class RemoteKeySource:
         except TimeoutError:
             self._failed(f"fetch timed out after {self.config.jwks_timeout}s")
         except httpx.HTTPError as exc:
-            self._failed(f"fetch failed: {type(exc).__name__}")
+            detail = str(exc)[:200]
+            self._failed(f"fetch failed: {type(exc).__name__}" + (f": {detail}" if detail
+                                                                   else ""))
         except Exception as exc:  # fail closed on anything unexpected, never crash
             self._failed(f"fetch failed unexpectedly: {type(exc).__name__}")
         else:
@@ -296,9 +299,12 @@ class RemoteKeySource:
 
     def _failed(self, message: str) -> None:
         self._error = message
+        self.failure_count += 1
+        url = self._jwks_uri or self.config.discovery_url
         if self._jwks_uri is not None and self.config.discovery_url is not None:
             self._jwks_uri = None  # discover again next time
-        logger.warning("issuer %r: key set fetch failed: %s", self.config.issuer, message)
+        logger.warning("issuer %r: key set fetch from %s failed: %s", self.config.issuer,
+                       url, message)
 
     async def _download(self) -> KeySet:
         cfg = self.config

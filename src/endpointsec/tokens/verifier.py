@@ -124,11 +124,6 @@ class JWTVerifier:
 
     # -- public API ---------------------------------------------------------------------
 
-    def lookup(self, token: str) -> RequestPrincipal | None:
-        """The principal of a token already verified and not expired, else ``None``
-        (no verification, no I/O)."""
-        return self._cache.get(token)
-
     def verify(self, token: str) -> RequestPrincipal:
         """Verify ``token`` (may wait for a key fetch: for threads, e.g. WSGI)."""
         hit = self._cache.get(token)
