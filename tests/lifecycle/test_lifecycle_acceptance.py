@@ -238,7 +238,7 @@ def test_observe_learn_replay_ship(work: Path, issuer: TokenIssuer, tokens: dict
     assert caught.returncode == 1, caught.stdout
     assert "NEWLY DENIED" in caught.stdout
     assert "DELETE /orders/2" not in caught.stdout  # grouped by route, not by path
-    assert "DELETE /orders/:order_id" in caught.stdout
+    assert "DELETE /orders/{order_id}" in caught.stdout  # the app's route template
     assert "GET /admin/stats" in caught.stdout
 
     # 4. Ship: the learned policy enforcing.

@@ -193,9 +193,12 @@ def test_decisions_about_one_request_share_its_id(tmp_path: Path) -> None:
         from endpointsec.testing.assertions import facts_for
 
         first = facts_for(gk, method="GET", path="/orders/1", token=token)
-        gk.decide(first)                                                 # the middleware
-        gk.decide_route(first, replace(first.requirements, roles=frozenset({"role:x"})))
-        gk.decide(facts_for(gk, method="GET", path="/orders/2", token=token))  # another
+        scope: dict[str, object] = {"type": "http", "headers": []}  # one request's scope
+        gk.decide(first, carrier=scope)                                  # the middleware
+        gk.decide_route(first, replace(first.requirements, roles=frozenset({"role:x"})),
+                        carrier=scope)                                   # a dependency
+        gk.decide(facts_for(gk, method="GET", path="/orders/2", token=token),
+                  carrier={"type": "http", "headers": []})               # another request
     finally:
         log.removeHandler(handler)
         log.setLevel(level)

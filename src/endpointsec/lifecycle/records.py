@@ -362,8 +362,11 @@ class DecisionRecordHandler(logging.Handler):
             facts = getattr(record, "endpointsec_facts", None)
             when = dt.datetime.fromtimestamp(record.created, dt.UTC)
             with self._write_lock:
-                data = record_from(decision, facts, when=when,
-                                   request_id=self._request_id(decision))
+                audit = getattr(record, "endpointsec_record", None)
+                # The decision log's own record (request id from the header, the app's
+                # route template) when there is one; else built from the decision.
+                data = audit if isinstance(audit, dict) else record_from(
+                    decision, facts, when=when, request_id=self._request_id(decision))
                 line = json.dumps(data, separators=(",", ":"))
                 if self._stream is None or self._stream.closed:
                     if self._path is None:
