@@ -8,6 +8,7 @@ authorization, as ASGI and WSGI middleware. See https://endpointsec.readthedocs.
 from __future__ import annotations
 
 from endpointsec.config import Config, RouteConfig, ServerConfig, load_config
+from endpointsec.config import schema as config_schema
 from endpointsec.core import decide
 from endpointsec.errors import (
     AuthenticationError,
@@ -70,6 +71,7 @@ __all__ = [
     "UpstreamError",
     "WSGIMiddleware",
     "__version__",
+    "config_schema",
     "decide",
     "load_config",
 ]

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 #: Subcommand modules, in the order ``--help`` lists them.
-_COMMANDS = ("demo", "serve", "pki", "explain", "check", "test", "bench")
+_COMMANDS = ("demo", "serve", "pki", "explain", "check", "test", "schema", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
