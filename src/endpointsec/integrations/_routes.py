@@ -22,6 +22,9 @@ class RouteRule:
     mtls: MTLS | None = None
     token: TokenUse | None = None
     bound_token: bool | None = None
+    #: Token scopes the route requires, every one of them (checked by the adapter as
+    #: one narrowing per scope: the caller must hold ``scope:<s>``).
+    scopes: frozenset[str] = frozenset()
 
     @classmethod
     def make(
@@ -34,6 +37,7 @@ class RouteRule:
         mtls: str | MTLS | None = None,
         token: str | TokenUse | None = None,
         bound_token: bool | None = None,
+        scopes: Iterable[str] = (),
     ) -> RouteRule:
         return cls(
             public=public,
@@ -43,6 +47,7 @@ class RouteRule:
             mtls=MTLS(mtls) if mtls is not None else None,
             token=TokenUse(token) if token is not None else None,
             bound_token=bound_token,
+            scopes=frozenset([scopes] if isinstance(scopes, str) else scopes),
         )
 
     def apply(self, base: Requirements) -> Requirements:
