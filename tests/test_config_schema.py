@@ -280,3 +280,15 @@ def test_load_config_environment_variable_names_a_missing_file(
     monkeypatch.setenv("ENDPOINTSEC_CONFIG", str(tmp_path / "absent.toml"))
     with pytest.raises(ConfigurationError, match=r"^ENDPOINTSEC_CONFIG: .*absent\.toml"):
         load_config()
+
+
+def test_an_entry_that_is_not_a_table_is_reported_once() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Config.from_mapping({"routes": [3, {"path": "/x", "publik": True}],
+                             "identity": [], "tokens": {"issuers": "x"}})
+    assert [(e.key, e.message) for e in info.value.errors] == [
+        ("identity", "must be a table"),
+        ("tokens.issuers", "must be an array of tables"),
+        ("routes[0]", "must be a table"),
+        ("routes[1].publik", "unknown key (did you mean 'public'?)"),
+    ]

@@ -411,11 +411,14 @@ class Table:
             return [child]
         value = self._get(key, [])
         if isinstance(value, Mapping):
-            return [self._child(v, f"{self.name(key)}.{k}") for k, v in value.items()]
-        if not isinstance(value, list):
+            children = [self._child(v, f"{self.name(key)}.{k}") for k, v in value.items()]
+        elif isinstance(value, list):
+            children = [self._child(v, f"{self.name(key)}[{i}]") for i, v in enumerate(value)]
+        else:
             self._error("must be an array of tables", self.name(key))
             return []
-        return [self._child(v, f"{self.name(key)}[{i}]") for i, v in enumerate(value)]
+        # An entry that is not a table is reported once ("must be a table"), not read.
+        return [c for c in children if not c._failed]
 
     def named_tables(self, key: str) -> list[tuple[str, Table]]:
         """A table whose keys are names chosen by the user, each a table
