@@ -135,6 +135,11 @@ def facts_for(
     facts = gk.facts_for(method=method, path=path, peer=None if peer_error else identity,
                          token=None if token_error else principal, domain=domain,
                          requirements=requirements)
+    # The path as a server receives it: what the middleware refuses with a 400 before
+    # normalizing (dot segments, encoded slashes, backslashes, '//') is refused here too.
+    _, wire_error, _ = gk._wire_route(method, path)
+    if wire_error is not None:
+        facts = replace(facts, path=None, request_error=wire_error)
     if peer_error is not None or token_error is not None:
         facts = replace(facts, peer_error=peer_error, token_error=token_error,
                         token_presented=token is not None)
