@@ -235,3 +235,20 @@ def test_explain_upper_cases_the_method(tmp_path: Path,
                       "frameworks route upper-case methods)")
     assert out[1] == "request:      DELETE /orders/1"
     assert "ALLOW 200 DELETE /orders/1" in out
+
+
+def test_explain_finds_the_configuration_like_load_config(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    config = _config(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ENDPOINTSEC_CONFIG", raising=False)
+    assert main(["explain", "--path", "/health"]) == 0      # ./endpointsec.toml
+    assert "requirements: public" in capsys.readouterr().out
+    elsewhere = tmp_path / "sub"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["explain", "--path", "/health"]) == 2      # none here
+    assert "no configuration file" in capsys.readouterr().err
+    monkeypatch.setenv("ENDPOINTSEC_CONFIG", str(config))
+    assert main(["explain", "--path", "/health"]) == 0      # the variable

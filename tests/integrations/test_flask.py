@@ -178,3 +178,30 @@ def test_init_app_reports_every_configuration_error() -> None:
 def test_gatekeeper_needs_an_application() -> None:
     with pytest.raises(RuntimeError, match="init_app"):
         _ = EndpointSec().gatekeeper
+
+
+def test_require_scopes(endpointsec_issuer, endpointsec_wsgi_client, tmp_path) -> None:
+    from endpointsec import Config
+
+    config = Config.from_mapping({
+        "tokens": {"issuers": [endpointsec_issuer.issuer_table()]},
+        "policy": {"allow_authenticated": True},
+        "defaults": {"mtls": "none", "token": "required"},
+    })
+    app = Flask(__name__)
+    EndpointSec(app, config=config)
+
+    @app.post("/orders")
+    @require(scopes=["orders:read", "orders:write"])
+    def create() -> str:
+        return "created"
+
+    def post(scopes: list[str]) -> int:
+        token = endpointsec_issuer.issue("alice", scopes=scopes)
+        return int(endpointsec_wsgi_client(app, token=token).post("/orders").status_code)
+
+    assert post(["orders:read", "orders:write"]) == 200
+    assert post(["orders:write", "orders:read", "other"]) == 200
+    assert post(["orders:read"]) == 403
+    assert post(["orders:write"]) == 403
+    assert post([]) == 403

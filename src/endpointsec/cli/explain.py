@@ -38,7 +38,9 @@ def register(sub: Any) -> None:
         "explain", help="explain the decision for one request",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", type=Path, required=True, help="endpointsec.toml")
+    p.add_argument("--config", type=Path,
+                   help="endpointsec.toml (default: $ENDPOINTSEC_CONFIG, else "
+                        "./endpointsec.toml)")
     p.add_argument("--method", default="GET",
                    help="HTTP method (default GET; upper-cased, with a note)")
     p.add_argument("--path", required=True, help="request path as sent (percent-encoded)")
@@ -120,11 +122,12 @@ def _token(args: argparse.Namespace, config: Any) -> tuple[RequestPrincipal | No
 
 def run(args: argparse.Namespace) -> int:
     """Print the decision; 0 if allowed, 1 if denied."""
-    from endpointsec.config import load_config
+    from endpointsec.config import config_path, load_config
     from endpointsec.testing.suites import offline_gatekeeper
 
-    config = load_config(args.config)
-    gk = offline_gatekeeper(config=args.config)
+    config_file = config_path(args.config)
+    config = load_config(config_file)
+    gk = offline_gatekeeper(config=config_file)
     peer, peer_error, peer_how = _peer(args, config)
     token, token_error, token_how = _token(args, config)
     method = args.method.upper()

@@ -3,12 +3,12 @@ Flask and FastAPI adapters. They only record what the route asks; the core decid
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
 from endpointsec.facts import MTLS, Requirements, TokenUse
 
-__all__ = ["RouteRule"]
+__all__ = ["RouteRule", "narrowed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,3 +67,16 @@ class RouteRule:
             token=self.token if self.token is not None else base.token,
             bound_token=self.bound_token if self.bound_token is not None else base.bound_token,
         )
+
+
+def narrowed(rule: RouteRule | None, base: Requirements,
+             scopes: Iterable[str] = ()) -> Iterator[Requirements | None]:
+    """The requirements a route checks, in order, every one of which must allow: the
+    route's own (``None``: the configured ones), then one per required scope (its own
+    ``rule.scopes`` and ``scopes``): the caller must hold the subject ``scope:<s>``."""
+    route = rule.apply(base) if rule is not None else None
+    yield route
+    base_route = route if route is not None else base
+    wanted = set(scopes) | (rule.scopes if rule is not None else frozenset())
+    for scope in sorted(wanted):
+        yield replace(base_route, public=False, roles=frozenset({f"scope:{scope}"}))

@@ -21,7 +21,12 @@
 ``install`` adds the pure ASGI middleware (every request, 404s and websockets included,
 is checked against the configured requirements), a problem+json handler, and the
 ``mutualTLS`` / HTTP bearer security schemes to the OpenAPI document. ``require`` narrows
-per route; ``public`` routes skip authentication and policy.
+per route (``scopes=`` and ``Security(..., scopes=...)`` require token scopes, all of
+them); ``public`` routes skip authentication and policy.
+
+The configuration may also be given later: ``sec.install(app, config=...)``, or
+``sec.configure(config=...)`` in the app's lifespan; with none, ``load_config()`` is
+read when the app starts.
 """
 
 from __future__ import annotations
@@ -42,9 +47,9 @@ from starlette.responses import Response
 
 from endpointsec.config import Config, load_config
 from endpointsec.errors import ConfigurationError
-from endpointsec.facts import MTLS, Decision, Principal, RequestFacts, Requirements, TokenUse
+from endpointsec.facts import MTLS, Decision, Principal, RequestFacts, TokenUse
 from endpointsec.gatekeeper import Gatekeeper, SecurityContext
-from endpointsec.integrations._routes import RouteRule
+from endpointsec.integrations._routes import RouteRule, narrowed
 from endpointsec.integrations.asgi import ASGIMiddleware
 from endpointsec.integrations.responses import error_response
 
@@ -369,13 +374,16 @@ class EndpointSec:
             gk = owner.gatekeeper
             ctx: SecurityContext | None = conn.scope.get("endpointsec")
             facts = ctx.facts if ctx is not None else await gk.gather_asgi(conn.scope)
-            scopes = frozenset(security_scopes.scopes).union(rule_scopes)
-            routes = _narrowed(rule, facts.requirements, scopes)
-            decision = gk.decide_route(facts, next(routes))
-            for route in routes:
-                if not decision.allowed:
-                    break
-                decision = gk.decide_route(facts, route)
+            if not security_scopes.scopes and not rule_scopes:
+                decision = gk.decide_route(
+                    facts, rule.apply(facts.requirements) if rule is not None else None)
+            else:
+                routes = narrowed(rule, facts.requirements, security_scopes.scopes)
+                decision = gk.decide_route(facts, next(routes))
+                for route in routes:
+                    if not decision.allowed:
+                        break
+                    decision = gk.decide_route(facts, route)
             if not decision.allowed:
                 if conn.scope["type"] == "websocket":
                     raise WebSocketException(code=1008)
@@ -385,17 +393,6 @@ class EndpointSec:
         setattr(check, _ATTR, rule)
         self._dependencies[rule] = check
         return check
-
-
-def _narrowed(rule: RouteRule | None, base: Requirements,
-              scopes: frozenset[str]) -> Iterator[Requirements | None]:
-    """The requirements a dependency checks, in order: the route's own (``None``: the
-    configured ones), then one per required scope (``scope:<s>`` must be held)."""
-    route = rule.apply(base) if rule is not None else None
-    yield route
-    narrowed = route if route is not None else base
-    for scope in sorted(scopes):
-        yield replace(narrowed, public=False, roles=frozenset({f"scope:{scope}"}))
 
 
 def _route_rules(dependant: Any) -> Iterator[RouteRule]:

@@ -42,7 +42,7 @@ from endpointsec.config import CONFIG_ENV, Config, load_config
 from endpointsec.errors import ConfigurationError
 from endpointsec.facts import MTLS, Principal, TokenUse
 from endpointsec.gatekeeper import Gatekeeper, SecurityContext
-from endpointsec.integrations._routes import RouteRule
+from endpointsec.integrations._routes import RouteRule, narrowed
 from endpointsec.integrations.responses import error_response
 
 __all__ = ["EndpointSec", "current_principal", "public", "require"]
@@ -57,13 +57,15 @@ def require(
     resource: str | None = None,
     action: str | None = None,
     roles: Iterable[str] = (),
+    scopes: Iterable[str] = (),
     mtls: str | MTLS | None = None,
     token: str | TokenUse | None = None,
     bound_token: bool | None = None,
 ) -> Callable[[F], F]:
-    """Narrow what a view requires: policy object/action, roles (any of), mTLS, token."""
-    rule = RouteRule.make(resource=resource, action=action, roles=roles, mtls=mtls,
-                          token=token, bound_token=bound_token)
+    """Narrow what a view requires: policy object/action, roles (any of), token scopes
+    (all of), mTLS, token."""
+    rule = RouteRule.make(resource=resource, action=action, roles=roles, scopes=scopes,
+                          mtls=mtls, token=token, bound_token=bound_token)
 
     def mark(view: F) -> F:
         setattr(view, _ATTR, rule)
@@ -184,8 +186,16 @@ class EndpointSec:
         if request.url_rule is not None and request.url_rule.endpoint is not None:
             view = current_app.view_functions.get(request.url_rule.endpoint)
             rule = getattr(view, _ATTR, None)
-        route = rule.apply(facts.requirements) if rule is not None else None
-        decision = gk.decide_route(facts, route)
+        if rule is None or not rule.scopes:
+            decision = gk.decide_route(
+                facts, rule.apply(facts.requirements) if rule is not None else None)
+        else:
+            routes = narrowed(rule, facts.requirements)
+            decision = gk.decide_route(facts, next(routes))
+            for route in routes:
+                if not decision.allowed:
+                    break
+                decision = gk.decide_route(facts, route)
         if not decision.allowed:
             resp = error_response(decision, bearer=state.bearer)
             raise _Refused(Response(resp.body, status=resp.status, headers=list(resp.headers)))
