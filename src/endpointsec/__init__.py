@@ -7,8 +7,7 @@ authorization, as ASGI and WSGI middleware. See https://endpointsec.readthedocs.
 
 from __future__ import annotations
 
-from endpointsec.config import Config, RouteConfig, ServerConfig, load_config
-from endpointsec.config import schema as config_schema
+from endpointsec.config import Config, RouteConfig, ServerConfig, config_schema, load_config
 from endpointsec.core import decide
 from endpointsec.errors import (
     AuthenticationError,

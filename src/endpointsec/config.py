@@ -43,9 +43,9 @@ __all__ = [
     "RouteConfig",
     "ServerConfig",
     "config_path",
+    "config_schema",
     "load_config",
     "requirements_from_table",
-    "schema",
 ]
 
 T = TypeVar("T")
@@ -168,7 +168,8 @@ class Config:
 
 
 def _read_root(root: Table, *, source: Path | None) -> Config:
-    """Read the whole file: the one definition the loader and :func:`schema` share."""
+    """Read the whole file: the one definition the loader and :func:`config_schema`
+    share."""
 
     def section(name: str, reader: Callable[[Table], T], fallback: T) -> T:
         t = root.table(name)
@@ -197,7 +198,7 @@ def _read_root(root: Table, *, source: Path | None) -> Config:
                   source=source)
 
 
-def schema() -> dict[str, Any]:
+def config_schema() -> dict[str, Any]:
     """The JSON Schema of ``endpointsec.toml``, declared by the same readers that
     validate the file (so it accepts exactly the keys the loader accepts).
 

@@ -36,9 +36,9 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from endpointsec.config import schema
+    from endpointsec.config import config_schema
 
-    text = json.dumps(schema(), indent=2) + "\n"
+    text = json.dumps(config_schema(), indent=2) + "\n"
     if args.output is None:
         sys.stdout.write(text)
     else:
