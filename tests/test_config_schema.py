@@ -55,14 +55,14 @@ def test_shipped_example_validates(validator: jsonschema.Draft202012Validator,
 def test_schema_refuses_what_the_loader_refuses(
         validator: jsonschema.Draft202012Validator) -> None:
     bad = {"identity": {"sourcez": ["asgi-tls"]}, "defaults": {"mtls": "maybe"},
-           "routes": [{"path": "/x", "methods": ["get"]}], "cache": {"decisions_ttl": 61}}
+           "routes": [{"path": "/x", "methods": ["get"]}], "server": {"port": 65536}}
     paths = sorted(".".join(map(str, e.path)) for e in validator.iter_errors(bad))
     # ("identity": its additionalProperties; "routes": the anyOf of array and table forms)
-    assert paths == ["cache.decisions_ttl", "defaults.mtls", "identity", "routes"]
+    assert paths == ["defaults.mtls", "identity", "routes", "server.port"]
     with pytest.raises(ConfigurationError) as info:
         Config.from_mapping(bad)
     assert sorted(e.key or "" for e in info.value.errors) == [
-        "cache.decisions_ttl", "defaults.mtls", "identity.sourcez", "routes[0].methods"]
+        "defaults.mtls", "identity.sourcez", "routes[0].methods", "server.port"]
 
 
 # -- the schema's keys are the loader's keys ----------------------------------------
@@ -117,7 +117,7 @@ def test_every_section_is_in_the_schema() -> None:
     dotted = {t[1] for t in SCHEMA_TABLES}
     assert {"", "identity", "identity.trust_domains.example.org", "proxy", "proxy.headers",
             "tokens", "tokens.issuers[0]", "policy", "policy.paths", "defaults", "routes[0]",
-            "server", "cache"} <= dotted
+            "server"} <= dotted
 
 
 @pytest.mark.parametrize(("data_path", "dotted", "table"), SCHEMA_TABLES,
