@@ -15,7 +15,7 @@ import importlib
 import typing
 
 if typing.TYPE_CHECKING:
-    from endpointsec.config import Config, RouteConfig, ServerConfig, load_config
+    from endpointsec.config import Config, RouteConfig, ServerConfig, config_schema, load_config
     from endpointsec.core import decide
     from endpointsec.errors import (
         AuthenticationError,
@@ -78,6 +78,7 @@ __all__ = [
     "UpstreamError",
     "WSGIMiddleware",
     "__version__",
+    "config_schema",
     "decide",
     "load_config",
 ]
@@ -88,6 +89,7 @@ _LAZY: dict[str, str] = {
     "RouteConfig": "endpointsec.config",
     "ServerConfig": "endpointsec.config",
     "load_config": "endpointsec.config",
+    "config_schema": "endpointsec.config",
     "decide": "endpointsec.core",
     "AuthenticationError": "endpointsec.errors",
     "AuthorizationError": "endpointsec.errors",

@@ -123,15 +123,14 @@ class AuditConfig:
 
     @classmethod
     def from_table(cls, t: Table) -> AuditConfig:
-        cfg = cls(
+        return t.build(
+            cls,
             log=t.boolean("log", True),
-            allow_sample_rate=t.number("allow_sample_rate", 0.0, minimum=0.0),
+            allow_sample_rate=t.number("allow_sample_rate", 0.0, minimum=0.0, maximum=1.0),
             request_id_header=t.string("request_id_header", "x-request-id"),
             metrics=t.boolean("metrics", False),
             otel=t.boolean("otel", False),
         )
-        t.finish()
-        return cfg
 
 
 # -- escaping ---------------------------------------------------------------------------

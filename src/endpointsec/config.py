@@ -21,10 +21,12 @@ start-up with a message that names the offending key.
 
 from __future__ import annotations
 
+import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from endpointsec._config import Table
 from endpointsec.audit import AuditConfig
@@ -36,12 +38,18 @@ from endpointsec.policy.config import PolicyConfig
 from endpointsec.tokens.config import TokensConfig
 
 __all__ = [
+    "CONFIG_ENV",
+    "DEFAULT_CONFIG",
     "Config",
     "RouteConfig",
     "ServerConfig",
+    "config_path",
+    "config_schema",
     "load_config",
     "requirements_from_table",
 ]
+
+T = TypeVar("T")
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
 
@@ -77,17 +85,12 @@ class RouteConfig:
     @classmethod
     def from_table(cls, t: Table, *, defaults: Requirements) -> RouteConfig:
         path = t.string("path")
-        if not path.startswith("/"):
-            raise ConfigurationError("must start with '/'", key=t.name("path"))
-        methods = frozenset(m for m in t.str_list("methods", ()))
-        for m in methods:
-            if m not in _METHODS:
-                raise ConfigurationError(f"unknown HTTP method {m!r} (use upper case)",
-                                         key=t.name("methods"))
-        route = cls(path=path, methods=methods,
-                    requirements=requirements_from_table(t, base=defaults))
-        t.finish()
-        return route
+        if path and not path.startswith("/"):
+            t.error("must start with '/'", key="path")
+        methods = frozenset(t.str_list("methods", (), choices=_METHODS,
+                                       what="HTTP method (upper case)"))
+        return t.build(cls, path=path, methods=methods,
+                       requirements=requirements_from_table(t, base=defaults))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,17 +108,16 @@ class ServerConfig:
 
     @classmethod
     def from_table(cls, t: Table) -> ServerConfig:
-        cfg = cls(
+        return t.build(
+            cls,
             host=t.string("host", "127.0.0.1"),
-            port=t.integer("port", 8443, minimum=0),
+            port=t.integer("port", 8443, minimum=0, maximum=65535),
             certfile=t.path("certfile", None),
             keyfile=t.path("keyfile", None),
             client_ca=t.path("client_ca", None),
             client_cert=t.choice("client_cert", ["required", "optional"], "required"),
             workers=t.integer("workers", 1, minimum=1),
         )
-        t.finish()
-        return cfg
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,42 +138,107 @@ class Config:
     @classmethod
     def from_mapping(cls, data: dict[str, Any], *, base_dir: Path | None = None,
                      source: Path | None = None) -> Config:
-        root = Table(data, base_dir=base_dir)
-        identity_t = root.table("identity")
-        proxy_t = root.table("proxy")
-        tokens_t = root.table("tokens")
-        policy_t = root.table("policy")
-        defaults_t = root.table("defaults")
-        server_t = root.table("server")
-        audit_t = root.table("audit")
-        defaults = Requirements()
-        if defaults_t is not None:
-            defaults = requirements_from_table(defaults_t)
-            defaults_t.finish()
-        routes = tuple(
-            RouteConfig.from_table(rt, defaults=defaults) for rt in root.tables("routes")
-        )
-        root.finish()
-        return cls(
-            identity=IdentityConfig.from_table(identity_t) if identity_t else IdentityConfig(),
-            proxy=ProxyConfig.from_table(proxy_t) if proxy_t else None,
-            tokens=TokensConfig.from_table(tokens_t) if tokens_t else TokensConfig(),
-            policy=PolicyConfig.from_table(policy_t) if policy_t else PolicyConfig(),
-            defaults=defaults,
-            routes=routes,
-            server=ServerConfig.from_table(server_t) if server_t else ServerConfig(),
-            audit=AuditConfig.from_table(audit_t) if audit_t else AuditConfig(),
-            source=source,
-        )
+        """Validate a parsed ``endpointsec.toml``; every invalid key is reported at once
+        (:attr:`ConfigurationError.errors`)."""
+        root = Table(data, base_dir=base_dir, collect=True)
+        config = _read_root(root, source=source)
+        root.raise_errors()
+        return config
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate ``endpointsec.toml``. Relative paths in it are relative to it."""
-    path = Path(path)
+def _read_root(root: Table, *, source: Path | None) -> Config:
+    """Read the whole file: the one definition the loader and :func:`config_schema`
+    share."""
+
+    def section(name: str, reader: Callable[[Table], T], fallback: T) -> T:
+        t = root.table(name)
+        return fallback if t is None else t.read(reader, fallback)
+
+    identity = section("identity", IdentityConfig.from_table, IdentityConfig())
+    proxy = section("proxy", ProxyConfig.from_table, None)
+    tokens = section("tokens", TokensConfig.from_table, TokensConfig())
+    policy = section("policy", PolicyConfig.from_table, PolicyConfig())
+
+    def read_defaults(t: Table) -> Requirements:
+        value = requirements_from_table(t)
+        return t.build(lambda: value)
+
+    defaults = section("defaults", read_defaults, Requirements())
+    routes = tuple(
+        r for r in (rt.read(lambda rt: RouteConfig.from_table(rt, defaults=defaults), None)
+                    for rt in root.tables("routes"))
+        if r is not None
+    )
+    server = section("server", ServerConfig.from_table, ServerConfig())
+    audit = section("audit", AuditConfig.from_table, AuditConfig())
+    root.finish()
+    return Config(identity=identity, proxy=proxy, tokens=tokens, policy=policy,
+                  defaults=defaults, routes=routes, server=server, audit=audit,
+                  source=source)
+
+
+def config_schema() -> dict[str, Any]:
+    """The JSON Schema of ``endpointsec.toml``, declared by the same readers that
+    validate the file (so it accepts exactly the keys the loader accepts).
+
+    Point an editor at it with a ``#:schema`` comment (Taplo, Even Better TOML); the
+    loader still checks what a schema cannot (files exist, issuers agree, ...).
+    """
+    from endpointsec import __version__
+
+    root = Table.schema_root()
+    _read_root(root, source=None)
+    out: dict[str, Any] = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"https://endpointsec.invalid/schema/{__version__}/endpointsec.toml.json",
+        "title": "endpointsec.toml",
+        "description": "endpointsec configuration (see docs/configuration.md).",
+    }
+    out.update(root.json_schema())
+    return out
+
+
+#: The environment variable naming the configuration file (set by ``endpointsec serve``).
+CONFIG_ENV = "ENDPOINTSEC_CONFIG"
+#: The file read when neither a path nor ``ENDPOINTSEC_CONFIG`` is given.
+DEFAULT_CONFIG = "endpointsec.toml"
+
+
+def config_path(path: str | Path | None = None) -> Path:
+    """The configuration file to read: ``path``, else ``$ENDPOINTSEC_CONFIG``, else
+    ``./endpointsec.toml``; a :class:`ConfigurationError` when there is none."""
+    if path is not None:
+        return Path(path)
+    env = os.environ.get(CONFIG_ENV, "")
+    if env:
+        found = Path(env)
+        if not found.is_file():
+            raise ConfigurationError(
+                f"{CONFIG_ENV} names {found}, which is not a file", key=CONFIG_ENV)
+        return found
+    found = Path(DEFAULT_CONFIG)
+    if not found.is_file():
+        raise ConfigurationError(
+            f"no configuration file: {CONFIG_ENV} is not set and there is no "
+            f"{DEFAULT_CONFIG} in {Path.cwd()}; pass a path to load_config() or set "
+            f"{CONFIG_ENV}")
+    return found
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Read and validate ``endpointsec.toml``. Relative paths in it are relative to it.
+
+    Without ``path``: the file named by ``$ENDPOINTSEC_CONFIG`` (``endpointsec serve
+    --config`` sets it for the app it serves), else ``./endpointsec.toml``. Every
+    invalid key is reported in one :class:`ConfigurationError`.
+    """
+    path = config_path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigurationError(f"configuration file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigurationError(f"configuration path is a directory: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"{path} is not valid TOML: {exc}") from None
     return Config.from_mapping(data, base_dir=path.resolve().parent, source=path)

@@ -44,11 +44,34 @@ class EndpointSecError(Exception):
 
 
 class ConfigurationError(EndpointSecError, ValueError):
-    """The configuration is invalid. Raised at start-up; the message names the key."""
+    """The configuration is invalid. Raised at start-up; the message names the key.
 
-    def __init__(self, message: str, *, key: str | None = None) -> None:
+    A file read by :func:`endpointsec.load_config` reports every invalid key at once:
+    :attr:`errors` lists one error per key (``.key`` is its dotted name, ``.message``
+    the problem), and the message lists them all, one per line.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None,
+                 errors: list[ConfigurationError] | None = None) -> None:
         self.key = key
+        self.message = message
+        #: Every error found (this one alone when it is a single error).
+        self.errors: list[ConfigurationError] = list(errors) if errors else [self]
         super().__init__(f"{key}: {message}" if key else message)
+
+    @classmethod
+    def collect(cls, errors: list[ConfigurationError]) -> ConfigurationError:
+        """One error for several: the first one's key, a message listing them all."""
+        if len(errors) == 1:
+            return errors[0]
+        lines = "\n".join(f"  {e}" for e in errors)
+        return cls(f"{len(errors)} configuration errors:\n{lines}", key=errors[0].key,
+                   errors=errors)
+
+    def __str__(self) -> str:
+        if len(self.errors) > 1:
+            return self.message
+        return super().__str__()
 
 
 class RequestError(EndpointSecError):

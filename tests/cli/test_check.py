@@ -125,6 +125,20 @@ def test_configuration_errors_are_problems(tmp_path: Path, config_text: str, exp
     assert "  1 problem found" in out
 
 
+def test_every_configuration_error_is_a_problem(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "policy.csv").write_text(CLEAN_POLICY)
+    config = tmp_path / "endpointsec.toml"
+    config.write_text('[policy]\npolicy = "policy.csv"\npolcy = 1\n'
+                      '[defaults]\nmtls = "requird"\n[server]\nprot = 1\n')
+    assert main(["check", str(config)]) == 1
+    out = capsys.readouterr().out
+    assert "endpointsec.toml: policy.polcy: unknown key (did you mean 'policy'?)" in out
+    assert "endpointsec.toml: defaults.mtls: must be one of" in out
+    assert "endpointsec.toml: server.prot: unknown key (did you mean 'port'?)" in out
+    assert "  3 problems found" in out
+
+
 def test_allow_authenticated_is_noted(tmp_path: Path,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "endpointsec.toml"

@@ -135,3 +135,12 @@ def test_target_must_be_a_gatekeeper_or_policy(target: object) -> None:
 def test_naive_now_is_refused(policy: CasbinPolicy) -> None:
     with pytest.raises(ConfigurationError, match="timezone"):
         evaluate(policy, path="/orders/1", peer=ORDERS, now=dt.datetime(2026, 1, 1))
+
+
+@pytest.mark.parametrize("path", ["/orders/x/../7", "/orders/7%2Fx", "/orders\\7",
+                                  "//orders/7", "/orders/./7"],
+                         ids=["dot-dot", "encoded-slash", "backslash", "double-slash", "dot"])
+def test_paths_the_server_refuses_are_refused(policy: CasbinPolicy, path: str) -> None:
+    # the same 400 the middleware answers, not a decision on the normalized path
+    decision = assert_denied(policy, path=path, peer=ORDERS, status=400)
+    assert decision.status == 400

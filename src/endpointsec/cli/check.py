@@ -167,7 +167,8 @@ def lint(config_path: Path) -> tuple[list[Problem], list[str]]:
         config = load_config(config_path)
         policy = build_policy(config.policy)
     except ConfigurationError as exc:
-        return [Problem(str(config_path), str(exc))], []
+        # one problem per invalid key: every one of them, not only the first
+        return [Problem(str(config_path), str(e)) for e in exc.errors], []
     notes: list[str] = []
     pc = config.policy
     if getattr(pc, "allow_authenticated", False):

@@ -12,7 +12,9 @@ The certificate is verified against ``[identity]`` trust bundles when there are 
 (``--no-verify`` skips that and only reads the identity); a ``--token`` is verified by
 the ``[tokens]`` issuers (this may fetch their key sets); ``--iss/--sub/--role``
 describe a request principal directly, unverified. The decision is the one
-:func:`endpointsec.decide` makes for the configured routes and policy.
+:func:`endpointsec.decide` makes for the configured routes and policy, for the path as
+the server receives it: a path the server refuses with 400 (dot segments, encoded
+slashes, backslashes, ``//``) is a 400 here too. ``--method`` is upper-cased.
 
 Exit status: 0 allowed, 1 denied, 2 the configuration or an argument is invalid.
 """
@@ -36,8 +38,11 @@ def register(sub: Any) -> None:
         "explain", help="explain the decision for one request",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", type=Path, required=True, help="endpointsec.toml")
-    p.add_argument("--method", default="GET", help="HTTP method (default GET)")
+    p.add_argument("--config", type=Path,
+                   help="endpointsec.toml (default: $ENDPOINTSEC_CONFIG, else "
+                        "./endpointsec.toml)")
+    p.add_argument("--method", default="GET",
+                   help="HTTP method (default GET; upper-cased, with a note)")
     p.add_argument("--path", required=True, help="request path as sent (percent-encoded)")
     p.add_argument("--domain", help="the tenant / Casbin domain")
     p.add_argument("--cert", type=Path, help="client certificate (PEM: leaf then chain)")
@@ -117,21 +122,28 @@ def _token(args: argparse.Namespace, config: Any) -> tuple[RequestPrincipal | No
 
 def run(args: argparse.Namespace) -> int:
     """Print the decision; 0 if allowed, 1 if denied."""
-    from endpointsec.config import load_config
+    from endpointsec.config import config_path, load_config
     from endpointsec.testing.suites import offline_gatekeeper
 
-    config = load_config(args.config)
-    gk = offline_gatekeeper(config=args.config)
+    config_file = config_path(args.config)
+    config = load_config(config_file)
+    gk = offline_gatekeeper(config=config_file)
     peer, peer_error, peer_how = _peer(args, config)
     token, token_error, token_how = _token(args, config)
-    facts = gk.facts_for(method=args.method, path=args.path, peer=peer, token=token,
-                         domain=args.domain)
+    method = args.method.upper()
+    # The path as the server receives it (wire=True): what it refuses before
+    # normalizing (dot segments, encoded slashes, backslashes, '//'), explain refuses too.
+    facts = gk.facts_for(method=method, path=args.path, peer=peer, token=token,
+                         domain=args.domain, wire=True)
     if peer_error is not None or token_error is not None:
         facts = replace(facts, peer_error=peer_error, token_error=token_error,
                         token_presented=token is not None or token_error is not None)
     decision = gk.decide(facts)
     req = facts.requirements
-    print(f"request:      {args.method} {args.path}"
+    if method != args.method:
+        print(f"note:         method {args.method!r} read as {method!r} (servers and "
+              "frameworks route upper-case methods)")
+    print(f"request:      {method} {args.path}"
           + (f" (domain {args.domain})" if args.domain else ""))
     print(f"normalized:   {facts.path if facts.path is not None else '(invalid)'}")
     route = ("public" if req.public else

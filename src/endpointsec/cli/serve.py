@@ -3,9 +3,11 @@
 An ASGI app is served by uvicorn with endpointsec's certificate-passing protocol class
 (so the app sees the client certificate); a WSGI app by gunicorn. Both take the server
 certificate, key and client CA from ``[server]`` and *require* a client certificate in
-the TLS handshake unless ``client_cert = "optional"``. The configuration path is
-exported as ``ENDPOINTSEC_CONFIG`` so the app can load the same file; ``--wrap`` wraps
-the app in endpointsec's middleware for apps that do not wire it themselves.
+the TLS handshake unless ``client_cert = "optional"``. The configuration is ``--config``,
+else ``$ENDPOINTSEC_CONFIG``, else ``./endpointsec.toml``; its absolute path is exported
+as ``ENDPOINTSEC_CONFIG`` to the app, so the app's ``load_config()`` reads the same file
+the server does. ``--wrap`` wraps the app in endpointsec's middleware for apps that do
+not wire it themselves.
 
 At start it prints the URL it listens on, the configuration file, the policy size and
 the trust domains. ``--log-level`` applies to endpointsec's loggers too (and
@@ -26,7 +28,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from endpointsec.config import Config, load_config
+from endpointsec.config import CONFIG_ENV, Config, load_config
+from endpointsec.config import config_path as find_config_path
 from endpointsec.errors import ConfigurationError
 
 __all__ = ["import_app", "is_asgi", "register", "serve"]
@@ -38,8 +41,9 @@ def register(sub: Any) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("app", help="import string, e.g. 'app:app' or 'pkg.module:create_app()'")
-    p.add_argument("--config", type=Path, default=Path("endpointsec.toml"),
-                   help="the endpointsec configuration (default: endpointsec.toml)")
+    p.add_argument("--config", type=Path,
+                   help="endpointsec.toml (default: $ENDPOINTSEC_CONFIG, else "
+                        "./endpointsec.toml); exported to the app as ENDPOINTSEC_CONFIG")
     p.add_argument("--app-dir", type=Path, default=Path("."),
                    help="directory added to sys.path before importing the app")
     p.add_argument("--host", help="override [server] host")
@@ -167,14 +171,17 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def serve(app_spec: str, *, config_path: Path, app_dir: Path = Path("."),
+def serve(app_spec: str, *, config_path: Path | None = None, app_dir: Path = Path("."),
           host: str | None = None, port: int | None = None, wrap: bool = False,
           http: str = "httptools", log_level: str = "warning", log_format: str = "text",
           metrics_port: int | None = None, metrics_host: str = "127.0.0.1") -> int:
     """Serve ``app_spec`` over mTLS as configured in ``config_path``; blocks."""
-    config = load_config(config_path)
+    path = find_config_path(config_path)
+    config = load_config(path)
     certfile, keyfile, client_ca = _server_settings(config)
-    os.environ["ENDPOINTSEC_CONFIG"] = str(config_path.resolve())
+    # The app's load_config() (no argument) reads exactly this file, in this process and
+    # in every worker it starts.
+    os.environ[CONFIG_ENV] = str(path.resolve())
     setup_logging(log_level, fmt=log_format)
     metrics_url: str | None = None
     if metrics_port is not None:
@@ -190,7 +197,7 @@ def serve(app_spec: str, *, config_path: Path, app_dir: Path = Path("."),
     port = config.server.port if port is None else port
     cert_reqs = ssl.CERT_REQUIRED if config.server.client_cert == "required" else ssl.CERT_OPTIONAL
     asgi = is_asgi(app)
-    _announce(config, config_path, host=host, port=port,
+    _announce(config, path, host=host, port=port,
               server="uvicorn, ASGI" if asgi else "gunicorn, WSGI", metrics=metrics_url)
     if asgi:
         import uvicorn

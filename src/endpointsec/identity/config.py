@@ -53,17 +53,14 @@ class IdentityConfig:
 
     @classmethod
     def from_table(cls, t: Table) -> IdentityConfig:
-        td_table = t.table("trust_domains")
         trust_domains: dict[str, Path] = {}
-        if td_table is not None:
-            for name in td_table.keys():  # noqa: SIM118
-                sub = td_table.table(name, required=True)
-                if sub is not None:
-                    trust_domains[name] = sub.path("bundle")
-                    sub.finish()
-            td_table.finish()
-        cfg = cls(
-            sources=t.str_list("sources", ()),
+        for name, sub in t.named_tables("trust_domains"):
+            bundle = sub.path("bundle")
+            sub.finish()
+            trust_domains[name] = bundle
+        return t.build(
+            cls,
+            sources=t.str_list("sources", (), choices=SERVER_SOURCES, what="source"),
             trust_bundles=t.path_list("trust_bundles", ()),
             trust_domains=trust_domains,
             allowed_trust_domains=t.str_list("allowed_trust_domains", ()),
@@ -72,5 +69,3 @@ class IdentityConfig:
             cache_size=t.integer("cache_size", 4096, minimum=0),
             max_chain_depth=t.integer("max_chain_depth", 8, minimum=1),
         )
-        t.finish()
-        return cfg

@@ -223,18 +223,19 @@ class ProxyConfig:
         headers: dict[str, str] = {}
         ht = t.table("headers")
         if ht is not None:
-            for role in ht.keys():  # noqa: SIM118 (Table is not iterable)
-                headers[role] = ht.string(role)
+            for role in DEFAULT_HEADERS:
+                name = ht.string(role, None)
+                if name is not None:
+                    headers[role] = name
             ht.finish()
-        cfg = cls(
+        return t.build(
+            cls,
             trusted=t.str_list("trusted"),
-            sources=t.str_list("sources"),
+            sources=t.str_list("sources", choices=PROXY_SOURCES, what="source"),
             hops=t.integer("hops", 1, minimum=1),
             headers=headers,
             verify_again=t.boolean("verify_again", True),
         )
-        t.finish()
-        return cfg
 
 
 class TrustedPeers:

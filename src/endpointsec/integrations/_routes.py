@@ -3,12 +3,12 @@ Flask and FastAPI adapters. They only record what the route asks; the core decid
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
 from endpointsec.facts import MTLS, Requirements, TokenUse
 
-__all__ = ["RouteRule"]
+__all__ = ["RouteRule", "narrowed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +22,9 @@ class RouteRule:
     mtls: MTLS | None = None
     token: TokenUse | None = None
     bound_token: bool | None = None
+    #: Token scopes the route requires, every one of them (checked by the adapter as
+    #: one narrowing per scope: the caller must hold ``scope:<s>``).
+    scopes: frozenset[str] = frozenset()
 
     @classmethod
     def make(
@@ -34,6 +37,7 @@ class RouteRule:
         mtls: str | MTLS | None = None,
         token: str | TokenUse | None = None,
         bound_token: bool | None = None,
+        scopes: Iterable[str] = (),
     ) -> RouteRule:
         return cls(
             public=public,
@@ -43,6 +47,7 @@ class RouteRule:
             mtls=MTLS(mtls) if mtls is not None else None,
             token=TokenUse(token) if token is not None else None,
             bound_token=bound_token,
+            scopes=frozenset([scopes] if isinstance(scopes, str) else scopes),
         )
 
     def apply(self, base: Requirements) -> Requirements:
@@ -62,3 +67,16 @@ class RouteRule:
             token=self.token if self.token is not None else base.token,
             bound_token=self.bound_token if self.bound_token is not None else base.bound_token,
         )
+
+
+def narrowed(rule: RouteRule | None, base: Requirements,
+             scopes: Iterable[str] = ()) -> Iterator[Requirements | None]:
+    """The requirements a route checks, in order, every one of which must allow: the
+    route's own (``None``: the configured ones), then one per required scope (its own
+    ``rule.scopes`` and ``scopes``): the caller must hold the subject ``scope:<s>``."""
+    route = rule.apply(base) if rule is not None else None
+    yield route
+    base_route = route if route is not None else base
+    wanted = set(scopes) | (rule.scopes if rule is not None else frozenset())
+    for scope in sorted(wanted):
+        yield replace(base_route, public=False, roles=frozenset({f"scope:{scope}"}))

@@ -34,14 +34,13 @@ __all__ = ["PathOptions", "PolicyConfig"]
 
 
 def _paths_from_table(t: Table) -> PathOptions:
-    opts = PathOptions(
+    return t.build(
+        PathOptions,
         merge_slashes=t.boolean("merge_slashes", True),
         decode_encoded_slashes=t.boolean("decode_encoded_slashes", False),
         reject_encoded_slashes=t.boolean("reject_encoded_slashes", False),
         backslash=t.choice("backslash", BACKSLASH_CHOICES, "slash"),
     )
-    t.finish()
-    return opts
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,7 +94,9 @@ class PolicyConfig:
     def from_table(cls, t: Table) -> PolicyConfig:
         """Read ``[policy]`` (and ``[policy.paths]``); unknown keys are an error."""
         paths_t = t.table("paths")
-        cfg = cls(
+        paths = paths_t.read(_paths_from_table, PathOptions()) if paths_t else PathOptions()
+        return t.build(
+            cls,
             allow_authenticated=t.boolean("allow_authenticated", False),
             model=t.path("model", None),
             policy=t.path("policy", None),
@@ -104,7 +105,5 @@ class PolicyConfig:
             watch_interval=t.number("watch_interval", 2.0, minimum=0.01),
             domain_header=t.string("domain_header", None),
             cache_size=t.integer("cache_size", 10_000, minimum=0),
-            paths=_paths_from_table(paths_t) if paths_t is not None else PathOptions(),
+            paths=paths,
         )
-        t.finish()
-        return cfg

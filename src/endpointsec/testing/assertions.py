@@ -4,11 +4,15 @@
 
     assert_allowed(gatekeeper, method="GET", path="/orders/1",
                    peer="spiffe://example.org/ns/shop/sa/orders")
-    assert_denied(policy, method="DELETE", path="/orders/1",
+    assert_denied(policy, "DELETE", "/orders/1",
                   token={"iss": "https://idp", "sub": "alice", "roles": ["reader"]})
 
+The request may be given by keyword (``method=``, ``path=``) or positionally:
+``"/orders/1"``, ``"DELETE", "/orders/1"`` or ``"DELETE /orders/1"``.
+
 The decision comes from the same :func:`endpointsec.decide` the middleware calls; a
-failing assertion shows :meth:`Decision.explain`.
+failing assertion shows :meth:`Decision.explain`, and pytest hides these helpers'
+frames (``__tracebackhide__``) so the explanation is what a failure shows.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ POLICY_ONLY = Requirements(mtls=MTLS.OPTIONAL, token=TokenUse.OPTIONAL)
 
 
 def _gatekeeper(target: Gatekeeper | Policy) -> Gatekeeper:
+    __tracebackhide__ = True
     if isinstance(target, Gatekeeper):
         return target
     # The Policy protocol's shape, without a runtime-checkable isinstance (slow).
@@ -49,11 +54,39 @@ def _gatekeeper(target: Gatekeeper | Policy) -> Gatekeeper:
 
 
 def _when(now: dt.datetime | float | None) -> float | None:
+    __tracebackhide__ = True
     if now is None or isinstance(now, int | float):
         return now
     if now.tzinfo is None:
         raise ConfigurationError("'now' must be a timezone-aware datetime")
     return now.timestamp()
+
+
+def _request(request: tuple[str, ...], method: str | None,
+             path: str | None) -> tuple[str, str]:
+    """``(method, path)`` from positional ``request`` and the keywords."""
+    __tracebackhide__ = True
+    if len(request) == 1 and " " in request[0].strip():
+        request = tuple(request[0].split(None, 1))
+    if len(request) > 2 or not all(isinstance(r, str) for r in request):
+        raise TypeError("give the request as (path), (method, path) or ('METHOD path')")
+    pos_method: str | None = None
+    pos_path: str | None = None
+    if len(request) == 2:
+        pos_method, pos_path = request
+    elif len(request) == 1:
+        if path is not None and not request[0].startswith("/"):
+            pos_method = request[0]  # assert_allowed(policy, "GET", path="/orders")
+        else:
+            pos_path = request[0]
+    if pos_method is not None and method is not None:
+        raise TypeError("the method is given twice (positionally and as method=)")
+    if pos_path is not None and path is not None:
+        raise TypeError("the path is given twice (positionally and as path=)")
+    path = path if path is not None else pos_path
+    if path is None:
+        raise TypeError("the request path is required (path=... or positionally)")
+    return (method or pos_method or "GET"), path
 
 
 def facts_for(
@@ -68,6 +101,7 @@ def facts_for(
     now: dt.datetime | float | None = None,
 ) -> RequestFacts:
     """The facts of a request described directly (see :func:`evaluate`)."""
+    __tracebackhide__ = True
     gk = _gatekeeper(target)
     when = _when(now)
     peer_error: EndpointSecError | None = None
@@ -98,9 +132,12 @@ def facts_for(
                 token_error = TokenError("token has expired")
             elif isinstance(nbf, int | float) and nbf > when:
                 token_error = TokenError("token is not yet valid (nbf)")
+    # The path as a server receives it (wire=True): what the middleware refuses with a
+    # 400 before normalizing (dot segments, encoded slashes, backslashes, '//') is
+    # refused here too.
     facts = gk.facts_for(method=method, path=path, peer=None if peer_error else identity,
                          token=None if token_error else principal, domain=domain,
-                         requirements=requirements)
+                         requirements=requirements, wire=True)
     if peer_error is not None or token_error is not None:
         facts = replace(facts, peer_error=peer_error, token_error=token_error,
                         token_presented=token is not None)
@@ -109,9 +146,9 @@ def facts_for(
 
 def evaluate(
     target: Gatekeeper | Policy,
-    *,
-    method: str = "GET",
-    path: str,
+    *request: str,
+    method: str | None = None,
+    path: str | None = None,
     peer: PeerLike | None = None,
     token: TokenLike | None = None,
     domain: str | None = None,
@@ -127,6 +164,8 @@ def evaluate(
     a :class:`RequestPrincipal`, or a JWT string (verified by the gatekeeper's token
     verifier). With ``now``, an expired certificate or token is refused as it would be.
     """
+    __tracebackhide__ = True
+    method, path = _request(request, method, path)
     gk = _gatekeeper(target)
     return gk.decide(facts_for(gk, method=method, path=path, peer=peer, token=token,
                                domain=domain, requirements=requirements, now=now))
@@ -134,6 +173,7 @@ def evaluate(
 
 def rule_matches(expected: Sequence[str], matched: tuple[str, ...] | None) -> bool:
     """Whether ``matched`` is the ``expected`` rule (the leading ``p`` may be left out)."""
+    __tracebackhide__ = True
     if matched is None:
         return False
     want = tuple(s.strip() for s in expected)
@@ -141,14 +181,15 @@ def rule_matches(expected: Sequence[str], matched: tuple[str, ...] | None) -> bo
 
 
 def _describe(method: str, path: str, decision: Decision) -> str:
+    __tracebackhide__ = True
     return f"{method} {path}\n{decision.explain()}"
 
 
 def assert_allowed(
     target: Gatekeeper | Policy,
-    *,
-    method: str = "GET",
-    path: str,
+    *request: str,
+    method: str | None = None,
+    path: str | None = None,
     peer: PeerLike | None = None,
     token: TokenLike | None = None,
     domain: str | None = None,
@@ -160,6 +201,8 @@ def assert_allowed(
 
     ``rule`` also checks the matched policy rule. A dry-run "would deny" is not allowed.
     """
+    __tracebackhide__ = True
+    method, path = _request(request, method, path)
     decision = evaluate(target, method=method, path=path, peer=peer, token=token,
                         domain=domain, requirements=requirements, now=now)
     if not decision.allowed or decision.would_deny:
@@ -172,9 +215,9 @@ def assert_allowed(
 
 def assert_denied(
     target: Gatekeeper | Policy,
-    *,
-    method: str = "GET",
-    path: str,
+    *request: str,
+    method: str | None = None,
+    path: str | None = None,
     peer: PeerLike | None = None,
     token: TokenLike | None = None,
     domain: str | None = None,
@@ -188,6 +231,8 @@ def assert_denied(
     ``status`` also checks the refusal status (401, 403 ...); ``rule`` the matched (deny)
     rule. A dry-run "would deny" counts as denied.
     """
+    __tracebackhide__ = True
+    method, path = _request(request, method, path)
     decision = evaluate(target, method=method, path=path, peer=peer, token=token,
                         domain=domain, requirements=requirements, now=now)
     status_seen = 403 if decision.would_deny else decision.status

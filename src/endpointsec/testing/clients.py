@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from endpointsec.testing.pki import IssuedCertificate
+from endpointsec.testing.pki import CertificateLike, certificate_chain
 
 if TYPE_CHECKING:
     import httpx
@@ -44,20 +44,27 @@ WSGIApp = Callable[..., Any]
 _TLS_1_3 = 0x0304
 
 
-def _pem_chain(cert: IssuedCertificate) -> list[str]:
+def _pem_chain(cert: CertificateLike) -> list[str]:
     from cryptography.hazmat.primitives import serialization
 
-    return [cert.cert_pem.decode("ascii")] + [
-        c.public_bytes(serialization.Encoding.PEM).decode("ascii") for c in cert.intermediates
-    ]
+    return [c.public_bytes(serialization.Encoding.PEM).decode("ascii")
+            for c in certificate_chain(cert)]
 
 
-def tls_extension(cert: IssuedCertificate | None) -> dict[str, Any]:
-    """The ``scope["extensions"]["tls"]`` a TLS server would set for this client."""
+def _subject(cert: CertificateLike) -> str:
+    return certificate_chain(cert)[0].subject.rfc4514_string()
+
+
+def tls_extension(cert: CertificateLike | None) -> dict[str, Any]:
+    """The ``scope["extensions"]["tls"]`` a TLS server would set for this client.
+
+    ``cert``: an :class:`IssuedCertificate`, a ``cryptography`` certificate, or what
+    ``endpointsec pki`` writes (a PEM file path, or PEM text; leaf then chain).
+    """
     return {
         "server_cert": None,
         "client_cert_chain": _pem_chain(cert) if cert is not None else [],
-        "client_cert_name": cert.certificate.subject.rfc4514_string() if cert else None,
+        "client_cert_name": _subject(cert) if cert is not None else None,
         "client_cert_error": None,
         "tls_version": _TLS_1_3,
         "cipher_suite": 0x1301,
@@ -77,15 +84,23 @@ class TLSExtensionShim:
     requests. Lifespan scopes pass through untouched.
     """
 
-    def __init__(self, app: ASGIApp, *, cert: IssuedCertificate | None = None) -> None:
+    def __init__(self, app: ASGIApp, *, cert: CertificateLike | None = None) -> None:
         self.app = app
         self.cert = cert
+        self._cached: tuple[CertificateLike | None, dict[str, Any]] | None = None
+
+    def _extension(self) -> dict[str, Any]:
+        # Read a PEM file once per certificate, not per request.
+        cached = self._cached
+        if cached is None or cached[0] is not self.cert:
+            cached = self._cached = (self.cert, tls_extension(self.cert))
+        return dict(cached[1])
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] in ("http", "websocket"):
             scope = dict(scope)
             extensions = dict(scope.get("extensions") or {})
-            extensions["tls"] = tls_extension(self.cert)
+            extensions["tls"] = self._extension()
             scope["extensions"] = extensions
             scope["scheme"] = "https" if scope["type"] == "http" else "wss"
         await self.app(scope, receive, send)
@@ -94,7 +109,7 @@ class TLSExtensionShim:
 def asgi_client(
     app: ASGIApp,
     *,
-    cert: IssuedCertificate | None = None,
+    cert: CertificateLike | None = None,
     token: str | None = None,
     base_url: str = "https://testserver",
     **kwargs: Any,
@@ -110,7 +125,7 @@ def asgi_client(
     return client
 
 
-def asgi_transport(app: ASGIApp, *, cert: IssuedCertificate | None = None) -> httpx.ASGITransport:
+def asgi_transport(app: ASGIApp, *, cert: CertificateLike | None = None) -> httpx.ASGITransport:
     """An ``httpx.ASGITransport`` presenting ``cert``; use with ``httpx.AsyncClient``::
 
         async with httpx.AsyncClient(transport=asgi_transport(app, cert=c),
@@ -124,7 +139,7 @@ def asgi_transport(app: ASGIApp, *, cert: IssuedCertificate | None = None) -> ht
 
 
 def wsgi_environ(
-    *, cert: IssuedCertificate | None = None, token: str | None = None
+    *, cert: CertificateLike | None = None, token: str | None = None
 ) -> dict[str, str]:
     """The environ keys a TLS-terminating WSGI server would set for this client."""
     env: dict[str, str] = {"wsgi.url_scheme": "https", "HTTPS": "on"}
@@ -134,14 +149,14 @@ def wsgi_environ(
         for i, pem in enumerate(chain[1:]):
             env[f"SSL_CLIENT_CERT_CHAIN_{i}"] = pem
         env["SSL_CLIENT_VERIFY"] = "SUCCESS"
-        env["SSL_CLIENT_S_DN"] = cert.certificate.subject.rfc4514_string()
+        env["SSL_CLIENT_S_DN"] = _subject(cert)
     if token:
         env["HTTP_AUTHORIZATION"] = f"Bearer {token}"
     return env
 
 
 def wsgi_client(
-    app: WSGIApp, *, cert: IssuedCertificate | None = None, token: str | None = None
+    app: WSGIApp, *, cert: CertificateLike | None = None, token: str | None = None
 ) -> Client:
     """A test client presenting ``cert`` (WSGI environ) and ``token`` on every request.
 

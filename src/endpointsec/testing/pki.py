@@ -7,14 +7,21 @@ is generated when it is needed; nothing here is meant for production.
 
     ca = CertificateAuthority.create()
     server = ca.issue_server(hostnames=["localhost", "127.0.0.1"])
-    client = ca.issue_client(spiffe_id="spiffe://example.org/ns/shop/sa/orders")
-    client.write(tmp_path, "orders")   # orders.pem, orders.key, orders-chain.pem
+    client = ca.issue_client("spiffe://example.org/ns/shop/sa/orders")
+    client.write(tmp_path, "orders")   # orders.pem (leaf + intermediates), orders.key
+
+What ``endpointsec pki`` wrote loads back, from paths or PEM text::
+
+    ca = CertificateAuthority.load("pki")                     # pki/ca.pem + pki/ca.key
+    web = IssuedCertificate.load("pki/web.pem")               # + pki/web.key
+    web = IssuedCertificate.load(cert_pem_text, key=key_pem_text)
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +31,21 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["CertificateAuthority", "IssuedCertificate", "PrivateKey", "generate_key"]
+__all__ = [
+    "CertificateAuthority",
+    "CertificateLike",
+    "IssuedCertificate",
+    "PemSource",
+    "PrivateKey",
+    "certificate_chain",
+    "generate_key",
+    "load_certificates",
+    "load_private_key",
+]
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+#: PEM text (``str`` or ``bytes``) or the path of a PEM file, as ``endpointsec pki`` writes.
+PemSource = str | bytes | os.PathLike[str]
 
 _UTC = dt.UTC
 
@@ -72,6 +91,50 @@ def _key_pem(key: PrivateKey) -> bytes:
     )
 
 
+def _pem_bytes(source: PemSource, *, what: str) -> tuple[bytes, Path | None]:
+    """The PEM bytes of ``source`` (PEM text, or a file path) and the file it came from."""
+    if isinstance(source, bytes):
+        if b"-----BEGIN" in source:
+            return source, None
+        source = source.decode("utf-8", "replace")
+    if isinstance(source, str) and "-----BEGIN" in source:
+        return source.encode("ascii", "replace"), None
+    if not isinstance(source, str | os.PathLike):
+        raise TypeError(f"{what} must be PEM text or a path to a PEM file, "
+                        f"not {type(source).__name__}")
+    path = Path(source)
+    try:
+        return path.read_bytes(), path
+    except OSError as exc:
+        raise ValueError(f"cannot read the {what} {path}: {exc.strerror}") from None
+
+
+def load_certificates(source: PemSource) -> tuple[x509.Certificate, ...]:
+    """Every certificate of a PEM file or PEM text, in order (leaf first)."""
+    data, path = _pem_bytes(source, what="certificate")
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        certs = []
+    if not certs:
+        raise ValueError(f"no PEM certificate in {path if path else 'the given text'}")
+    return tuple(certs)
+
+
+def load_private_key(source: PemSource) -> PrivateKey:
+    """An unencrypted PEM private key (PKCS#8 or traditional), from a file or PEM text."""
+    data, path = _pem_bytes(source, what="private key")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        where = path if path else "the given text"
+        raise ValueError(f"no unencrypted PEM private key in {where}: {exc}") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+                      | ed25519.Ed25519PrivateKey):
+        raise ValueError(f"unsupported private key type {type(key).__name__}")
+    return key
+
+
 @dataclass(frozen=True)
 class IssuedCertificate:
     """A certificate, its private key, and the intermediates between it and the root."""
@@ -103,8 +166,26 @@ class IssuedCertificate:
     def fingerprint_sha256(self) -> str:
         return self.certificate.fingerprint(hashes.SHA256()).hex()
 
-    def write(self, directory: Path, name: str) -> tuple[Path, Path]:
+    @classmethod
+    def load(cls, cert: PemSource, key: PemSource | None = None) -> IssuedCertificate:
+        """A certificate (leaf then intermediates) and its key, as ``endpointsec pki``
+        writes them: paths or PEM text. Without ``key``, ``NAME.key`` next to a
+        ``NAME.pem`` path is used."""
+        chain = load_certificates(cert)
+        if key is None:
+            _, path = _pem_bytes(cert, what="certificate")
+            if path is None:
+                raise ValueError("give key= with a certificate given as PEM text")
+            key = path.with_suffix(".key")
+        private_key = load_private_key(key)
+        leaf_key = chain[0].public_key()
+        if private_key.public_key() != leaf_key:
+            raise ValueError("the private key does not belong to the certificate")
+        return cls(certificate=chain[0], key=private_key, intermediates=chain[1:])
+
+    def write(self, directory: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
         """Write ``NAME.pem`` (leaf + intermediates) and ``NAME.key`` (mode 0600)."""
+        directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         cert_path = directory / f"{name}.pem"
         key_path = directory / f"{name}.key"
@@ -112,6 +193,20 @@ class IssuedCertificate:
         key_path.touch(mode=0o600)
         key_path.write_bytes(self.key_pem)
         return cert_path, key_path
+
+
+#: What a test may give as a (client) certificate: an issued certificate, a
+#: ``cryptography`` certificate, or PEM text / a PEM file (leaf then intermediates).
+CertificateLike = IssuedCertificate | x509.Certificate | str | bytes | os.PathLike[str]
+
+
+def certificate_chain(cert: CertificateLike) -> tuple[x509.Certificate, ...]:
+    """The chain (leaf first) of anything :data:`CertificateLike`."""
+    if isinstance(cert, IssuedCertificate):
+        return (cert.certificate, *cert.intermediates)
+    if isinstance(cert, x509.Certificate):
+        return (cert,)
+    return load_certificates(cert)
 
 
 @dataclass(frozen=True)
@@ -148,17 +243,35 @@ class CertificateAuthority:
         return cls(certificate=cert, key=key)
 
     @classmethod
-    def load(cls, *, cert_path: Path, key_path: Path) -> CertificateAuthority:
-        """Load a CA written by :meth:`write`."""
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-        if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-                          | ed25519.Ed25519PrivateKey):
-            raise ValueError(f"unsupported CA key type in {key_path}")
-        return cls(certificate=cert, key=key)
+    def load(
+        cls,
+        directory: str | os.PathLike[str] | None = None,
+        *,
+        cert: PemSource | None = None,
+        key: PemSource | None = None,
+        cert_path: PemSource | None = None,
+        key_path: PemSource | None = None,
+    ) -> CertificateAuthority:
+        """Load a CA: ``load("pki")`` reads ``pki/ca.pem`` and ``pki/ca.key`` (what
+        ``endpointsec pki init`` and :meth:`write` create); or ``cert=`` and ``key=``
+        (``cert_path=`` / ``key_path=``), each a path or PEM text."""
+        cert = cert if cert is not None else cert_path
+        key = key if key is not None else key_path
+        if directory is not None:
+            if cert is not None or key is not None:
+                raise TypeError("give a directory or cert= and key=, not both")
+            cert, key = Path(directory) / "ca.pem", Path(directory) / "ca.key"
+        if cert is None or key is None:
+            raise TypeError("CertificateAuthority.load needs a directory, or cert= and key=")
+        chain = load_certificates(cert)
+        private_key = load_private_key(key)
+        if private_key.public_key() != chain[0].public_key():
+            raise ValueError("the CA key does not belong to the CA certificate")
+        return cls(certificate=chain[0], key=private_key, path=chain[1:])
 
-    def write(self, directory: Path, name: str = "ca") -> tuple[Path, Path]:
+    def write(self, directory: str | os.PathLike[str], name: str = "ca") -> tuple[Path, Path]:
         """Write ``NAME.pem`` (the CA certificate, a trust bundle) and ``NAME.key`` (0600)."""
+        directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
         cert_path.write_bytes(self.cert_pem)
@@ -170,8 +283,9 @@ class CertificateAuthority:
     def cert_pem(self) -> bytes:
         return self.certificate.public_bytes(serialization.Encoding.PEM)
 
-    def write_bundle(self, path: Path) -> Path:
+    def write_bundle(self, path: str | os.PathLike[str]) -> Path:
         """Write this CA's certificate as a PEM trust bundle."""
+        path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(self.cert_pem)
         return path
@@ -260,8 +374,8 @@ class CertificateAuthority:
 
     def issue_client(
         self,
-        *,
         spiffe_id: str | None = None,
+        *,
         common_name: str | None = None,
         uris: Sequence[str] = (),
         dns_names: Sequence[str] = (),
@@ -270,7 +384,8 @@ class CertificateAuthority:
         key_kind: str = "ec",
         organizational_units: Sequence[str] = (),
     ) -> IssuedCertificate:
-        """A client certificate (EKU clientAuth), optionally an X.509-SVID."""
+        """A client certificate (EKU clientAuth), optionally an X.509-SVID:
+        ``issue_client("spiffe://example.org/ns/shop/sa/orders")``."""
         all_uris = ([spiffe_id] if spiffe_id else []) + list(uris)
         if common_name is None and not all_uris and not dns_names:
             common_name = "endpointsec client"
@@ -282,11 +397,14 @@ class CertificateAuthority:
 
     def issue_server(
         self,
+        hostnames: str | Sequence[str] = ("localhost", "127.0.0.1"),
         *,
-        hostnames: Sequence[str] = ("localhost", "127.0.0.1"),
         key_kind: str = "ec",
     ) -> IssuedCertificate:
-        """A server certificate (EKU serverAuth) for the given names and addresses."""
+        """A server certificate (EKU serverAuth) for the given names and addresses
+        (``issue_server("localhost")`` or a list)."""
+        if isinstance(hostnames, str):
+            hostnames = [hostnames]
         dns: list[str] = []
         ips: list[str] = []
         for h in hostnames:

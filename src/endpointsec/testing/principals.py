@@ -11,7 +11,9 @@ import base64
 import datetime as dt
 import hashlib
 import math
+import os
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -19,7 +21,7 @@ from cryptography.hazmat.primitives import hashes
 
 from endpointsec.errors import ConfigurationError, EndpointSecError
 from endpointsec.facts import PeerIdentity, RequestPrincipal
-from endpointsec.testing.pki import IssuedCertificate
+from endpointsec.testing.pki import CertificateLike, IssuedCertificate, certificate_chain
 
 __all__ = [
     "PeerLike",
@@ -29,21 +31,46 @@ __all__ = [
     "request_principal",
 ]
 
-#: What a test may name as the peer.
-PeerLike = str | PeerIdentity | IssuedCertificate | x509.Certificate
+#: What a test may name as the peer: a principal string, an identity, or a certificate
+#: (issued, ``cryptography``, or what ``endpointsec pki`` writes: a PEM file path or PEM
+#: text, leaf first).
+PeerLike = str | bytes | os.PathLike[str] | PeerIdentity | IssuedCertificate | x509.Certificate
 #: What a test may name as the request principal (a JWT string needs a verifier).
 TokenLike = str | RequestPrincipal | Mapping[str, Any]
 
 
-def cnf_thumbprint(certificate: IssuedCertificate | x509.Certificate) -> str:
-    """The RFC 8705 ``x5t#S256`` thumbprint (base64url SHA-256 of the DER certificate)."""
-    cert = certificate.certificate if isinstance(certificate, IssuedCertificate) else certificate
+def cnf_thumbprint(certificate: CertificateLike) -> str:
+    """The RFC 8705 ``x5t#S256`` thumbprint (base64url SHA-256 of the DER certificate);
+    ``certificate`` may also be a PEM file path or PEM text (its leaf)."""
+    __tracebackhide__ = True
+    cert = _leaf(certificate)
     digest = cert.fingerprint(hashes.SHA256())
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
+def _leaf(certificate: CertificateLike) -> x509.Certificate:
+    __tracebackhide__ = True
+    try:
+        return certificate_chain(certificate)[0]
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
+def _is_pem_source(peer: object) -> bool:
+    """PEM text, or a path to an existing file: what ``endpointsec pki`` writes."""
+    if isinstance(peer, bytes | os.PathLike):
+        return True
+    if not isinstance(peer, str):
+        return False
+    if "-----BEGIN" in peer:
+        return True
+    # A principal string always has a scheme ("spiffe:", "dns:" ...); a path names a file.
+    return ":" not in peer.split("/", 1)[0] and Path(peer).is_file()
+
+
 def _spiffe(value: str) -> Any:
     """Parse a SPIFFE ID with the identity package's parser."""
+    __tracebackhide__ = True
     from endpointsec.identity.spiffe import parse_spiffe_id
 
     try:
@@ -53,6 +80,7 @@ def _spiffe(value: str) -> Any:
 
 
 def _from_certificate(cert: x509.Certificate, chain: tuple[x509.Certificate, ...]) -> PeerIdentity:
+    __tracebackhide__ = True
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         uris = tuple(san.get_values_for_type(x509.UniformResourceIdentifier))
@@ -75,17 +103,25 @@ def _from_certificate(cert: x509.Certificate, chain: tuple[x509.Certificate, ...
 
 def peer_identity(peer: PeerLike) -> PeerIdentity:
     """The peer identity for a SPIFFE ID / URI / ``dns:name`` / ``sha256:hex`` string,
-    a certificate, or an :class:`IssuedCertificate` — without chain verification.
+    a certificate, an :class:`IssuedCertificate`, or a PEM file path / PEM text (as
+    ``endpointsec pki`` writes them) — without chain verification.
 
     A SPIFFE ID, ``dns:``, ``sha256:`` or ``uri:`` string becomes an identity whose
     :attr:`PeerIdentity.id` is that string; any other URI becomes ``uri:<uri>``.
     """
+    __tracebackhide__ = True
     if isinstance(peer, PeerIdentity):
         return peer
     if isinstance(peer, IssuedCertificate):
         return _from_certificate(peer.certificate, peer.intermediates)
     if isinstance(peer, x509.Certificate):
         return _from_certificate(peer, ())
+    if _is_pem_source(peer):
+        try:
+            chain = certificate_chain(peer)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
+        return _from_certificate(chain[0], chain[1:])
     if not isinstance(peer, str) or not peer:
         raise ConfigurationError(f"cannot make a peer identity from {type(peer).__name__}")
     fingerprint = hashlib.sha256(peer.encode()).hexdigest()
@@ -111,6 +147,7 @@ def peer_identity(peer: PeerLike) -> PeerIdentity:
 
 
 def _names(value: Any, *, what: str, split: bool = False) -> frozenset[str]:
+    __tracebackhide__ = True
     if value is None:
         return frozenset()
     if isinstance(value, str):
@@ -121,6 +158,7 @@ def _names(value: Any, *, what: str, split: bool = False) -> frozenset[str]:
 
 
 def _time(value: Any, *, what: str) -> float | None:
+    __tracebackhide__ = True
     if value is None:
         return None
     if isinstance(value, dt.datetime):
@@ -139,6 +177,7 @@ def request_principal(claims: RequestPrincipal | Mapping[str, Any]) -> RequestPr
     or ``scopes`` (a list), ``groups``, ``exp``, ``cnf_x5t_s256`` (or ``cnf``:
     ``{"x5t#S256": ...}``). Other keys are kept in :attr:`RequestPrincipal.claims`.
     """
+    __tracebackhide__ = True
     if isinstance(claims, RequestPrincipal):
         return claims
     if not isinstance(claims, Mapping):

@@ -203,6 +203,7 @@ class PolicyCase:
 
     def check(self, target: Gatekeeper | Policy) -> Decision:
         """Run the case; raise ``AssertionError`` with the explanation if it fails."""
+        __tracebackhide__ = True
         decision = self.run(target)
         why = self.failure(decision)
         if why is not None:

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from endpointsec.errors import ConfigurationError
-from endpointsec.testing.pki import IssuedCertificate
+from endpointsec.testing.pki import CertificateLike
 from endpointsec.testing.principals import cnf_thumbprint
 
 __all__ = ["TokenIssuer"]
@@ -130,22 +130,23 @@ class TokenIssuer:
 
     def issue(
         self,
-        *,
         sub: str,
+        *,
         roles: Sequence[str] | None = None,
         scopes: Sequence[str] | None = None,
         aud: str | Sequence[str] | None = None,
         exp: int | float | dt.datetime | dt.timedelta | None = None,
-        cnf_cert: IssuedCertificate | None = None,
+        cnf_cert: CertificateLike | None = None,
         kid: str | None = None,
         headers: dict[str, Any] | None = None,
         **claims: Any,
     ) -> str:
-        """A signed JWT for ``sub``.
+        """A signed JWT for ``sub`` (positional or keyword: ``issue("alice")``).
 
         ``exp`` defaults to now + ``lifetime``; a ``timedelta`` is relative to now (a
         negative one makes an expired token). ``aud`` defaults to :attr:`audience`.
-        ``cnf_cert`` binds the token to a client certificate (RFC 8705 ``cnf.x5t#S256``).
+        ``cnf_cert`` binds the token to a client certificate (RFC 8705 ``cnf.x5t#S256``):
+        an issued certificate, or a PEM file path / PEM text.
         ``scopes`` become the space-separated ``scope`` claim. Extra ``claims`` are
         added as given (they override the defaults, ``iss`` and ``iat`` included).
         """

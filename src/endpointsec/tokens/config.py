@@ -187,10 +187,12 @@ class IssuerConfig:
 
         public_key = t.path("public_key", None)
         jwks_file = t.path("jwks_file", None)
-        cfg = cls(
+        return t.build(
+            cls,
             issuer=t.string("issuer"),
             audiences=t.str_list("audiences"),
-            algorithms=t.str_list("algorithms"),
+            algorithms=t.str_list("algorithms", choices=sorted(SUPPORTED_ALGORITHMS),
+                                  what="algorithm"),
             jwks_url=t.string("jwks_url", None),
             discovery_url=t.string("discovery_url", None),
             public_key=public_key,
@@ -212,8 +214,6 @@ class IssuerConfig:
             allow_http=t.boolean("allow_http", False),
             min_rsa_bits=t.integer("min_rsa_bits", 2048, minimum=2048),
         )
-        t.finish()
-        return cfg
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -252,13 +252,15 @@ class TokensConfig:
     @classmethod
     def from_table(cls, t: Table) -> TokensConfig:
         """Read ``[tokens]`` (and its ``[[tokens.issuers]]``)."""
-        issuers = tuple(IssuerConfig.from_table(it) for it in t.tables("issuers"))
-        cfg = cls(
+        issuers = tuple(
+            i for i in (it.read(IssuerConfig.from_table, None) for it in t.tables("issuers"))
+            if i is not None
+        )
+        return t.build(
+            cls,
             issuers=issuers,
-            max_token_bytes=t.integer("max_token_bytes", 8192, minimum=512),
+            max_token_bytes=t.integer("max_token_bytes", 8192, minimum=512, maximum=1 << 20),
             cookie=t.string("cookie", None),
             query_param=t.string("query_param", None),
             cache_size=t.integer("cache_size", 10000, minimum=0),
         )
-        t.finish()
-        return cfg
