@@ -96,7 +96,11 @@ def serve(app_spec: str, *, config_path: Path, app_dir: Path = Path("."),
         import uvicorn
 
         from endpointsec.integrations.asgi import ASGIMiddleware
-        from endpointsec.servers.uvicorn import H11Protocol, HttpToolsProtocol
+        from endpointsec.servers.uvicorn import (
+            H11Protocol,
+            HttpToolsProtocol,
+            RotatingSSLContextFactory,
+        )
 
         if wrap:
             app = ASGIMiddleware(app, config=config)
@@ -105,6 +109,9 @@ def serve(app_spec: str, *, config_path: Path, app_dir: Path = Path("."),
             http=HttpToolsProtocol if http == "httptools" else H11Protocol,
             ssl_certfile=str(certfile), ssl_keyfile=str(keyfile),
             ssl_ca_certs=str(client_ca), ssl_cert_reqs=cert_reqs,
+            # New handshakes follow the certificate, key and client CA files.
+            ssl_context_factory=RotatingSSLContextFactory(
+                reload_interval=config.server.reload_interval),
             workers=None, lifespan="auto",
             # The app terminates TLS itself: never let X-Forwarded-For rewrite the peer
             # address that [proxy] trust decisions are based on.
@@ -119,7 +126,8 @@ def serve(app_spec: str, *, config_path: Path, app_dir: Path = Path("."),
         app = WSGIMiddleware(app, config=config)
     return run_gunicorn(app, host=host, port=port, certfile=certfile, keyfile=keyfile,
                         client_ca=client_ca, cert_reqs=cert_reqs,
-                        workers=config.server.workers, log_level=log_level)
+                        workers=config.server.workers, log_level=log_level,
+                        reload_interval=config.server.reload_interval)
 
 
 def _handle(args: argparse.Namespace) -> int:
