@@ -6,14 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from faults_support import FaultsPki, JWKSEndpoint, RotatingIssuer, build_pki
-
-POLICY = """\
-p, web, *, /orders, GET, allow
-p, web, *, /orders/:id, GET, allow
-p, web, *, /admin/*, GET, deny
-g, spiffe://shop.local/ns/shop/sa/web, web, *
-"""
+from faults_support import POLICY, FaultsPki, JWKSEndpoint, RotatingIssuer, build_pki
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,14 @@ from endpointsec.testing.pki import CertificateAuthority
 AUDIENCE = "orders"
 WEB = "spiffe://shop.local/ns/shop/sa/web"
 
+#: The policy of the fault tests (the web workload may read orders, not admin pages).
+POLICY = """\
+p, web, *, /orders, GET, allow
+p, web, *, /orders/:id, GET, allow
+p, web, *, /admin/*, GET, deny
+g, spiffe://shop.local/ns/shop/sa/web, web, *
+"""
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -471,6 +471,32 @@ def _file_signature(paths: Sequence[Path]) -> tuple[tuple[int, int, int] | None,
     return tuple(sig)
 
 
+def _check_rule_types(path: Path) -> None:
+    """Refuse a policy file line whose rule type is not ``p`` or ``g``.
+
+    Casbin skips a line whose type its model does not know, without a word: a damaged
+    or mistyped deny rule (``q, ...`` or ``pp, ...``) would silently stop denying.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {path}: {exc.strerror or exc}",
+                                 key="policy.policy") from None
+    for number, raw in enumerate(data.splitlines(), start=1):
+        try:
+            line = raw.decode().strip()
+        except UnicodeDecodeError:
+            raise ConfigurationError(f"{path}: line {number} is not UTF-8",
+                                     key="policy.policy") from None
+        if not line or line.startswith("#"):
+            continue
+        kind = line.split(",", 1)[0].strip()
+        if kind not in ("p", "g"):
+            raise ConfigurationError(
+                f"{path}: line {number} has rule type {kind[:20]!r}; the default model "
+                "has only 'p' (policy) and 'g' (role) rules", key="policy.policy")
+
+
 class CasbinPolicy:
     """Casbin least-privilege authorization: default deny, explainable, hot-reloadable.
 
@@ -582,6 +608,8 @@ class CasbinPolicy:
                                      "(or allow_authenticated = true)", key="policy")
         source = str(self._policy_path) if self._policy_path is not None else "adapter"
         if default:
+            if self._adapter is None and self._policy_path is not None:
+                _check_rule_types(self._policy_path)
             model = casbin.Model()
             model.load_model_from_text(_default_model())
             try:
