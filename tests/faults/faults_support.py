@@ -110,13 +110,14 @@ class RotatingIssuer:
                   "exp": now + int(lifetime), "roles": list(roles)}
         return jwt.encode(claims, key, algorithm="ES256", headers={"kid": kid})
 
-    def forged(self, *, sub: str) -> str:
-        """Signed by a key that was never published, under the current kid."""
+    def forged(self, *, sub: str, kid: str | None = None) -> str:
+        """Signed by a key that was never published, under ``kid`` (default: the
+        current one)."""
         now = int(time.time())
         claims = {"iss": self.issuer, "sub": sub, "aud": AUDIENCE, "iat": now,
                   "exp": now + 600}
         return jwt.encode(claims, ec.generate_private_key(ec.SECP256R1()), algorithm="ES256",
-                          headers={"kid": self.signing_kid})
+                          headers={"kid": kid or self.signing_kid})
 
 
 # -- a key-set endpoint that fails on demand ------------------------------------------------

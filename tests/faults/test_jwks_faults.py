@@ -100,37 +100,40 @@ def test_same_origin_redirect_is_followed(pki: FaultsPki, issuer: RotatingIssuer
 def test_failing_endpoint_keeps_the_last_good_keys_then_fails_closed(
         mode: str, pki: FaultsPki, issuer: RotatingIssuer, endpoint: JWKSEndpoint,
         policy_file: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """ttl 1 s, max stale 2 s: the known key verifies new tokens for 3 s after the last
-    good fetch, then 503; a key published after the failure began is unknown (401 while
-    the old keys are usable); a forged token is never allowed; the endpoint's recovery
-    brings 200 back. Each token is new, so that no verified-token cache answers."""
+    """ttl 1 s, max stale 1 s: after a failed fetch is logged the known key still
+    verifies new tokens, until 2 s after the last good fetch; then 503, and never an
+    allow again while the endpoint fails. A key published after the failure began is
+    unknown (401 while the old keys are usable); a forged token is never allowed; the
+    endpoint's recovery brings 200 back. Each token is new, so that no verified-token
+    cache answers."""
     kid = issuer.signing_kid
-    app = make_app(pki, endpoint, policy_file, max_stale=2.0)
+    app = make_app(pki, endpoint, policy_file, max_stale=1.0)
     with mtls_server(app, pki) as url, client(pki) as http:
         assert status(http, url, issuer.token(sub="alice", kid=kid)) == 200
-        fetched_at = time.monotonic()
+        started = time.monotonic()
         endpoint.set_mode(mode)
         issuer.rotate()  # published, but the endpoint cannot deliver it
         seen: Counter[tuple[str, int]] = Counter()
-        first_503: float | None = None
+        kept_after_failure = went_stale = False
         n = 0
-        while time.monotonic() - fetched_at < 5.0:
+        while time.monotonic() - started < 3.5:
             n += 1
+            failed_before = bool(failures_logged(caplog, FAILURES[mode]))
             s = status(http, url, issuer.token(sub=f"alice-{n}", kid=kid))
             seen["known", s] += 1
-            if s == 503 and first_503 is None:
-                first_503 = time.monotonic() - fetched_at
-            elif first_503 is not None:
-                assert s == 503, "an allow after the keys went stale"
+            if s == 503:
+                went_stale = True
+            else:
+                assert not went_stale, "an allow after the keys went stale"
+                kept_after_failure |= s == 200 and failed_before
             seen["unknown", status(http, url, issuer.token(sub=f"bob-{n}"))] += 1
             seen["forged", status(http, url, issuer.forged(sub="mallory"))] += 1
-            time.sleep(0.05)
+            seen["forged", status(http, url, issuer.forged(sub="eve", kid=kid))] += 1
+            time.sleep(0.02)
         assert set(seen) <= {("known", 200), ("known", 503), ("unknown", 401),
                              ("unknown", 503), ("forged", 401), ("forged", 503)}, seen
-        assert seen["known", 200] > 0 and seen["known", 503] > 0, seen
-        assert first_503 is not None and first_503 >= 3.0 - 0.2, first_503  # ttl + stale
-        assert failures_logged(caplog, FAILURES[mode]), [r.getMessage()
-                                                         for r in caplog.records]
+        assert kept_after_failure, seen  # the last good keys outlived a failed fetch
+        assert went_stale, seen          # ... but not past ttl + max stale
         endpoint.set_mode("ok")
         wait_for(lambda: status(http, url, issuer.token(sub="carol", kid=kid)) == 200,
                  what="recovery")
