@@ -1141,4 +1141,3 @@ def test_attack_responses_never_echo_input(asgi: tuple[ASGIMiddleware, Recorder]
         assert marker.encode() not in wire
         assert marker.upper().encode() not in wire
         assert token.encode() not in wire
-
