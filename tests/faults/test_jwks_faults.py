@@ -44,14 +44,14 @@ FAILURES = {
 
 
 def make_app(pki: FaultsPki, endpoint: JWKSEndpoint, policy: Path, *,
-             max_stale: float = 3600.0) -> ASGIMiddleware:
+             max_stale: float = 3600.0, timeout: float = 0.5) -> ASGIMiddleware:
     config = Config.from_mapping({
         "identity": {"sources": ["asgi-tls"], "trust_bundles": [str(pki.bundle)],
                      "require_spiffe": True},
         "tokens": {"issuers": [{
             "issuer": endpoint.issuer.issuer, "audiences": [AUDIENCE],
             "algorithms": ["ES256"], "jwks_url": endpoint.url, "allow_http": True,
-            "jwks_timeout": 0.5, "jwks_ttl": 1, "jwks_cooldown": 0,
+            "jwks_timeout": timeout, "jwks_ttl": 1, "jwks_cooldown": 0,
             "jwks_max_stale": max_stale,
         }]},
         "policy": {"policy": str(policy)},
@@ -156,6 +156,26 @@ def test_cached_token_is_not_allowed_after_the_keys_went_stale(
         time.sleep(2.5)  # past ttl (1 s) + max stale (1 s)
         assert status(http, url, issuer.token(sub="bob")) == 503
         assert status(http, url, token) == 503
+
+
+def test_key_published_during_a_refresh_is_found(
+        pki: FaultsPki, issuer: RotatingIssuer, endpoint: JWKSEndpoint,
+        policy_file: Path) -> None:
+    """A background refresh is on its way back with the old key set when the issuer
+    publishes a key and a token signed with it arrives: that token must be checked
+    against a fetch that started after it was seen, not against the refresh that was
+    already in flight (which cannot hold the new key)."""
+    endpoint.slow_seconds = 1.0
+    app = make_app(pki, endpoint, policy_file, timeout=3.0)
+    with mtls_server(app, pki) as url, client(pki) as http:
+        assert status(http, url, issuer.token(sub="alice")) == 200
+        endpoint.set_mode("slow")
+        time.sleep(1.2)  # past jwks_ttl: the next lookup starts a background refresh
+        assert status(http, url, issuer.token(sub="bob")) == 200  # old keys, no wait
+        wait_for(lambda: endpoint.hits >= 2, what="the refresh to reach the endpoint")
+        issuer.rotate()  # the refresh in flight answers with the key set before this
+        endpoint.set_mode("ok")
+        assert status(http, url, issuer.token(sub="carol")) == 200
 
 
 def test_key_rotation_under_load(pki: FaultsPki, issuer: RotatingIssuer,
