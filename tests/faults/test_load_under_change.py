@@ -42,7 +42,7 @@ from faults_support import (
 )
 
 import endpointsec.config
-from endpointsec.cli.demo import find_example, prepare_example
+from endpointsec.cli.demo import prepare_example
 from endpointsec.testing.pki import CertificateAuthority
 
 pytestmark = pytest.mark.slow
@@ -57,6 +57,7 @@ ROTATE_EVERY = 2.0
 DECISIONS_SIZE = 512
 #: Requests before the first memory reading (the bounded caches are full by then).
 WARM_UP_REQUESTS = 2500
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fastapi_app"
 WEB = "spiffe://shop.local/ns/shop/sa/web"
 ADMIN = "spiffe://shop.local/ns/shop/sa/admin-console"
 
@@ -97,7 +98,7 @@ def served(tmp_path: Path, issuer_endpoint: JWKSEndpoint) -> Iterator[Served]:
     ca.issue_client(spiffe_id=WEB).write(pki, "web")
     ca.issue_client(spiffe_id=ADMIN).write(pki, "admin-console")
     port = free_port()
-    example = find_example("fastapi_app")
+    example = EXAMPLE
     config = prepare_example(tmp_path, example, issuer_url=issuer_endpoint.issuer.issuer,
                              port=port)
     text = config.read_text()
