@@ -100,6 +100,8 @@ CORRUPT_POLICIES = [
     ("deny-rule-type-damaged", POLICY.replace("p, web, *, /admin/*, GET, deny",
                                               "q, web, *, /admin/*, GET, deny").encode(),
      "has rule type 'q'"),
+    ("emptied-mid-write", b"", "has no rules"),
+    ("comments-only", b"# p, web, *, /orders, GET, allow\n", "has no rules"),
     ("removed", None, "file not found"),
 ]
 
