@@ -172,3 +172,20 @@ def test_gunicorn_hook_builds_once_per_process(pki: RotationPki) -> None:
     assert hook.rotating is None
     second = hook(conf, default_factory)
     assert second is not first and len(built) == 2
+
+
+def test_encrypted_key_needs_its_password_and_never_prompts(pki: RotationPki) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    encrypted = pki.server_certs[0].key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"s3cret"))
+    pki.keyfile.write_bytes(encrypted)
+    # Without the password: an error naming the key (OpenSSL's terminal prompt would
+    # block the server).
+    with pytest.raises(ConfigurationError, match=re.escape(f"server key {pki.keyfile}")):
+        rotating(pki)
+    rot = RotatingServerContext(certfile=pki.certfile, keyfile=pki.keyfile,
+                                client_ca=pki.client_ca, reload_interval=0,
+                                password="s3cret")
+    assert rot.generation == 0 and rot.last_error is None

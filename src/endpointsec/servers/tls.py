@@ -81,7 +81,8 @@ class RotatingServerContext:
     context manager). ``build`` makes a complete context from the files (default: TLS
     1.2+, ``load_cert_chain(certfile, keyfile)``, ``load_verify_locations(client_ca)``,
     ``verify_mode = cert_reqs``); it is called again for every new version of the files.
-    ``reload_interval = 0`` turns watching off (:meth:`check` still works).
+    ``password`` decrypts an encrypted key. ``reload_interval = 0`` turns watching off
+    (:meth:`check` still works).
     """
 
     def __init__(
@@ -93,6 +94,7 @@ class RotatingServerContext:
         cert_reqs: ssl.VerifyMode | int = ssl.CERT_REQUIRED,
         reload_interval: float = 5.0,
         build: Callable[[], ssl.SSLContext] | None = None,
+        password: str | bytes | None = None,
     ) -> None:
         if reload_interval < 0:
             raise ConfigurationError("must be at least 0", key="server.reload_interval")
@@ -102,6 +104,10 @@ class RotatingServerContext:
         self.cert_reqs = ssl.VerifyMode(cert_reqs)
         self.reload_interval = float(reload_interval)
         self._build_context = build or self._default_build
+        # Never OpenSSL's interactive prompt (it would block on a terminal): without a
+        # password, an encrypted key fails to load with an error.
+        self._password: str | bytes | Callable[[], bytes] = (
+            password if password is not None else (lambda: b""))
         self._paths = tuple(p for p in (self.certfile, self.keyfile, self.client_ca)
                             if p is not None)
         #: The process that owns the watcher thread (threads do not survive a fork).
@@ -144,7 +150,7 @@ class RotatingServerContext:
     def _default_build(self) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(self.certfile, self.keyfile)
+        ctx.load_cert_chain(self.certfile, self.keyfile, self._password)
         if self.client_ca is not None:
             ctx.load_verify_locations(cafile=str(self.client_ca))
         ctx.verify_mode = self.cert_reqs
@@ -158,7 +164,7 @@ class RotatingServerContext:
         keyfile = self.keyfile or self.certfile
         probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         try:
-            probe.load_cert_chain(self.certfile, self.keyfile)
+            probe.load_cert_chain(self.certfile, self.keyfile, self._password)
         except ssl.SSLError as exc:
             if exc.reason == "KEY_VALUES_MISMATCH":
                 raise ValueError(f"server certificate {self.certfile} and key {keyfile} "

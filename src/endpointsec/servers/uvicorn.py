@@ -182,5 +182,6 @@ class RotatingSSLContextFactory:
             certfile=config.ssl_certfile, keyfile=config.ssl_keyfile,
             client_ca=config.ssl_ca_certs, cert_reqs=config.ssl_cert_reqs,
             reload_interval=self.reload_interval, build=default_factory,
+            password=config.ssl_keyfile_password,
         ).start()
         return self.rotating.context
