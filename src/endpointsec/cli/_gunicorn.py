@@ -10,14 +10,10 @@ __all__ = ["run_gunicorn"]
 
 
 def run_gunicorn(app: Any, *, host: str, port: int, certfile: Path, keyfile: Path,
+                 reload_interval: float = 5.0,
                  client_ca: Path, cert_reqs: int = ssl.CERT_REQUIRED, workers: int = 1,
-                 threads: int = 4, log_level: str = "warning",
-                 reload_interval: float = 5.0) -> int:
-    """Serve ``app`` with gunicorn's gthread worker; blocks until stopped.
-
-    New handshakes follow the certificate, key and client CA files
-    (:class:`endpointsec.servers.gunicorn.SSLContextHook`).
-    """
+                 threads: int = 4, log_level: str = "warning") -> int:
+    """Serve ``app`` with gunicorn's gthread worker; blocks until stopped."""
     from gunicorn.app.base import BaseApplication
 
     from endpointsec.servers.gunicorn import SSLContextHook
@@ -32,6 +28,7 @@ def run_gunicorn(app: Any, *, host: str, port: int, certfile: Path, keyfile: Pat
         "ca_certs": str(client_ca),
         "cert_reqs": cert_reqs,
         "loglevel": log_level,
+        # New handshakes follow the certificate, key and client CA files.
         "ssl_context": SSLContextHook(reload_interval=reload_interval),
     }
 

@@ -125,9 +125,9 @@ def serve(app_spec: str, *, config_path: Path, app_dir: Path = Path("."),
 
         app = WSGIMiddleware(app, config=config)
     return run_gunicorn(app, host=host, port=port, certfile=certfile, keyfile=keyfile,
+                        reload_interval=config.server.reload_interval,
                         client_ca=client_ca, cert_reqs=cert_reqs,
-                        workers=config.server.workers, log_level=log_level,
-                        reload_interval=config.server.reload_interval)
+                        workers=config.server.workers, log_level=log_level)
 
 
 def _handle(args: argparse.Namespace) -> int:
