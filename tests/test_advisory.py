@@ -910,6 +910,32 @@ def test_advisory_component_exceptions_fail_closed(world: World, part: str,
         assert b"Boom" not in result.body
 
 
+# -- policy files --------------------------------------------------------------------------
+
+
+def test_advisory_damaged_rule_type_dropped_a_deny(world: World, tmp_path: Path) -> None:
+    """Casbin skips a line whose rule type the model does not know: a deny rule damaged
+    into ``q, ...`` (or ``pp, ...``) silently stopped denying, at start-up and on reload."""
+    good = tmp_path / "policy.csv"
+    good.write_text(POLICY)
+    damaged = POLICY.replace(f"p, {ALICE}, *, /files/secret/*, *, deny",
+                             f"q, {ALICE}, *, /files/secret/*, *, deny")
+    assert damaged != POLICY
+    bad = tmp_path / "damaged.csv"
+    bad.write_text(damaged)
+    with pytest.raises(ConfigurationError, match="rule type 'q'"):
+        world.gatekeeper(sources=["asgi-tls"], policy={"policy": str(bad)})
+
+    gk = world.gatekeeper(sources=["asgi-tls"], policy={"policy": str(good)})
+    rec = Recorder()
+    mw = ASGIMiddleware(rec.asgi, gatekeeper=gk)
+    assert_refused(run_asgi(mw, http_scope(b"/files/secret/x", cert=world.alice), rec), 403)
+    good.write_text(damaged.replace("q, ", "pp, ", 1))
+    with pytest.raises(ConfigurationError, match="rule type 'pp'"):
+        gk.policy.reload()  # type: ignore[attr-defined]
+    assert_refused(run_asgi(mw, http_scope(b"/files/secret/x", cert=world.alice), rec), 403)
+
+
 # -- framework integrations --------------------------------------------------------------
 
 

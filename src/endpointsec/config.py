@@ -105,6 +105,9 @@ class ServerConfig:
     #: "required" (default): the handshake fails without a valid client certificate.
     client_cert: str = "required"
     workers: int = 1
+    #: Seconds between two checks of the certificate, key and client CA files; a change
+    #: is used for new handshakes without a restart. 0 turns the check off.
+    reload_interval: float = 5.0
 
     @classmethod
     def from_table(cls, t: Table) -> ServerConfig:
@@ -117,6 +120,7 @@ class ServerConfig:
             client_ca=t.path("client_ca", None),
             client_cert=t.choice("client_cert", ["required", "optional"], "required"),
             workers=t.integer("workers", 1, minimum=1),
+            reload_interval=t.number("reload_interval", 5.0, minimum=0.0),
         )
 
 

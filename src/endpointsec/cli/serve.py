@@ -208,7 +208,11 @@ def serve(app_spec: str, *, config_path: Path | None = None, app_dir: Path = Pat
             start_http_server(metrics_port, host=metrics_host)
 
         from endpointsec.integrations.asgi import ASGIMiddleware
-        from endpointsec.servers.uvicorn import H11Protocol, HttpToolsProtocol
+        from endpointsec.servers.uvicorn import (
+            H11Protocol,
+            HttpToolsProtocol,
+            RotatingSSLContextFactory,
+        )
 
         if wrap:
             app = ASGIMiddleware(app, config=config)
@@ -217,6 +221,9 @@ def serve(app_spec: str, *, config_path: Path | None = None, app_dir: Path = Pat
             http=HttpToolsProtocol if http == "httptools" else H11Protocol,
             ssl_certfile=str(certfile), ssl_keyfile=str(keyfile),
             ssl_ca_certs=str(client_ca), ssl_cert_reqs=cert_reqs,
+            # New handshakes follow the certificate, key and client CA files.
+            ssl_context_factory=RotatingSSLContextFactory(
+                reload_interval=config.server.reload_interval),
             workers=None, lifespan="auto",
             # The app terminates TLS itself: never let X-Forwarded-For rewrite the peer
             # address that [proxy] trust decisions are based on.
@@ -237,6 +244,7 @@ def serve(app_spec: str, *, config_path: Path | None = None, app_dir: Path = Pat
             start_http_server(metrics_port, host=metrics_host)
 
     return run_gunicorn(app, host=host, port=port, certfile=certfile, keyfile=keyfile,
+                        reload_interval=config.server.reload_interval,
                         client_ca=client_ca, cert_reqs=cert_reqs,
                         workers=config.server.workers, log_level=log_level,
                         on_worker_start=on_worker_start)

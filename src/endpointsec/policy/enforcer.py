@@ -498,6 +498,36 @@ def _file_signature(paths: Sequence[Path]) -> tuple[tuple[int, int, int] | None,
     return tuple(sig)
 
 
+def _check_rule_types(path: Path) -> int:
+    """Refuse a policy file line whose rule type is not ``p`` or ``g``; return the
+    number of rule lines.
+
+    Casbin skips a line whose type its model does not know, without a word: a damaged
+    or mistyped deny rule (``q, ...`` or ``pp, ...``) would silently stop denying.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {path}: {exc.strerror or exc}",
+                                 key="policy.policy") from None
+    rules = 0
+    for number, raw in enumerate(data.splitlines(), start=1):
+        try:
+            line = raw.decode().strip()
+        except UnicodeDecodeError:
+            raise ConfigurationError(f"{path}: line {number} is not UTF-8",
+                                     key="policy.policy") from None
+        if not line or line.startswith("#"):
+            continue
+        kind = line.split(",", 1)[0].strip()
+        if kind not in ("p", "g"):
+            raise ConfigurationError(
+                f"{path}: line {number} has rule type {kind[:20]!r}; the default model "
+                "has only 'p' (policy) and 'g' (role) rules", key="policy.policy")
+        rules += 1
+    return rules
+
+
 class CasbinPolicy:
     """Casbin least-privilege authorization: default deny, explainable, hot-reloadable.
 
@@ -591,7 +621,7 @@ class CasbinPolicy:
 
     # -- loading and reloading ---------------------------------------------------------
 
-    def _build(self) -> _Snapshot:
+    def _build(self, *, reloading: bool = False) -> _Snapshot:
         model_text: str | None = None
         if self._model_path is not None:
             try:
@@ -611,6 +641,13 @@ class CasbinPolicy:
                                      "(or allow_authenticated = true)", key="policy")
         source = str(self._policy_path) if self._policy_path is not None else "adapter"
         if default:
+            rules = (_check_rule_types(self._policy_path)
+                     if self._adapter is None and self._policy_path is not None else None)
+            if rules == 0 and reloading:
+                # What a file caught between truncation and write looks like.
+                raise ConfigurationError(
+                    f"{self._policy_path} has no rules (to refuse every request, write a "
+                    "deny rule)", key="policy.policy")
             model = casbin.Model()
             model.load_model_from_text(_default_model())
             try:
@@ -640,7 +677,7 @@ class CasbinPolicy:
         """
         with self._reload_lock:
             try:
-                snapshot = self._build()
+                snapshot = self._build(reloading=True)
             except Exception as exc:
                 reason = str(exc) if isinstance(exc, ConfigurationError) else (
                     f"{type(exc).__name__}: {exc}")

@@ -35,7 +35,9 @@ from uvicorn.protocols.http.httptools_impl import (
     HttpToolsProtocol as _UvicornHttpToolsProtocol,
 )
 
-__all__ = ["H11Protocol", "HttpToolsProtocol", "tls_extension"]
+from endpointsec.servers.tls import RotatingServerContext
+
+__all__ = ["H11Protocol", "HttpToolsProtocol", "RotatingSSLContextFactory", "tls_extension"]
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
@@ -147,3 +149,39 @@ class H11Protocol(_TLSMixin, _UvicornH11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._endpointsec_connection_made(transport)
+
+
+class RotatingSSLContextFactory:
+    """``uvicorn.Config(ssl_context_factory=...)``: certificate rotation without restart.
+
+    Builds uvicorn's own context (``default_factory``: the ``ssl_*`` settings, ALPN,
+    ciphers) and wraps it in :class:`endpointsec.servers.tls.RotatingServerContext`,
+    so new handshakes use the certificate, key and client CA files as they are now::
+
+        uvicorn.run(app, ssl_certfile="server.pem", ssl_keyfile="server.key",
+                    ssl_ca_certs="ca.pem", ssl_cert_reqs=ssl.CERT_REQUIRED,
+                    http=HttpToolsProtocol,
+                    ssl_context_factory=RotatingSSLContextFactory(reload_interval=5))
+
+    An instance of a module-level class, so it pickles (uvicorn ``workers > 1``).
+    """
+
+    def __init__(self, *, reload_interval: float = 5.0) -> None:
+        self.reload_interval = reload_interval
+        #: The rotating context of the last :meth:`__call__` (for diagnostics and tests).
+        self.rotating: RotatingServerContext | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"reload_interval": self.reload_interval, "rotating": None}
+
+    def __call__(self, config: Any,
+                 default_factory: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+        if self.rotating is not None:
+            self.rotating.close()
+        self.rotating = RotatingServerContext(
+            certfile=config.ssl_certfile, keyfile=config.ssl_keyfile,
+            client_ca=config.ssl_ca_certs, cert_reqs=config.ssl_cert_reqs,
+            reload_interval=self.reload_interval, build=default_factory,
+            password=config.ssl_keyfile_password,
+        ).start()
+        return self.rotating.context

@@ -215,7 +215,7 @@ class RemoteKeySource:
         if key is not None:
             return key
         if must_fetch:
-            future = self._bg.submit(self._fetch_shared(looked_at))
+            future = self._bg.submit(self._fetch_shared(looked_at, (kid, alg)))
             try:
                 future.result(timeout=self.config.jwks_timeout + 2.0)
             except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
@@ -228,7 +228,7 @@ class RemoteKeySource:
         if key is not None:
             return key
         if must_fetch:
-            future = self._bg.submit(self._fetch_shared(looked_at))
+            future = self._bg.submit(self._fetch_shared(looked_at, (kid, alg)))
             try:
                 await asyncio.wait_for(asyncio.wrap_future(future),
                                        self.config.jwks_timeout + 2.0)
@@ -258,18 +258,29 @@ class RemoteKeySource:
 
     # -- on the background loop ---------------------------------------------------------
 
-    async def _fetch_shared(self, requested_at: float) -> None:
-        if self._completed_from >= requested_at:
-            return  # a fetch that started after the caller looked has finished: use it
-        if self._inflight is None:
-            inflight = asyncio.ensure_future(self._fetch_once())
-            self._inflight = inflight
+    async def _fetch_shared(self, requested_at: float,
+                            want: tuple[str | None, str] | None = None) -> None:
+        # Joins the fetch in flight. One that started before the caller looked (a
+        # background refresh) cannot hold a key published since: if it brought no key
+        # for ``want`` (kid, alg), one more fetch follows (shared as well).
+        while self._completed_from < requested_at:
+            inflight = self._inflight
+            joined = inflight is not None and not inflight.done()
+            if inflight is None or not joined:
+                inflight = asyncio.ensure_future(self._fetch_once())
+                self._inflight = inflight
 
-            def _clear(_f: asyncio.Future[None]) -> None:
-                self._inflight = None
+                def _clear(f: asyncio.Future[None]) -> None:
+                    if self._inflight is f:
+                        self._inflight = None
 
-            inflight.add_done_callback(_clear)
-        await asyncio.shield(self._inflight)
+                inflight.add_done_callback(_clear)
+            await asyncio.shield(inflight)
+            if not joined or want is None or self._error is not None:
+                return
+            ks = self._usable(self._clock())
+            if ks is not None and ks.find(*want) is not None:
+                return
 
     async def _fetch_once(self) -> None:
         started = self._last_attempt = self._clock()
