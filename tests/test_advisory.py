@@ -1212,8 +1212,8 @@ def test_advisory_decoded_encoded_backslashes_on_flask(world: World,
         assert "admin" not in ran, raw
     assert client.get("/healthz").status_code == 200
     assert client.get("/admin/x").status_code == 401
-    admin = {"SSL_CLIENT_CERT": world.admin.cert_pem.decode()}
-    assert client.get("/admin/x", environ_overrides=admin).status_code == 200
+    admin_cert = {"SSL_CLIENT_CERT": world.admin.cert_pem.decode()}
+    assert client.get("/admin/x", environ_overrides=admin_cert).status_code == 200
     assert ran == ["health", "admin"]
 
 

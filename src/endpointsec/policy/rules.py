@@ -154,6 +154,10 @@ def read_policy_file(path: Path, *, keys: Iterable[str] = DEFAULT_KEYS,
                 where, f"[{text[:120]}] contains a '\"': Casbin does not read CSV quoting, "
                        "the quote would stay part of the value; remove it"))
             continue
+        if not key:
+            findings.append(Finding(where, f"[{text[:120]}]: the rule type is missing "
+                                           "(Casbin's loader fails on it)"))
+            continue
         if key not in known:
             kinds = " and ".join(f"'{k}'" for k in sorted(known))
             findings.append(Finding(
