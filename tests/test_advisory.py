@@ -1269,6 +1269,68 @@ def test_advisory_tail_route_template_matched_the_bare_prefix(world: World,
         assert get("/static", environ_overrides=alice_env).status_code == 403
 
 
+# -- policy rules the engine or Casbin would silently misread -------------------------------
+
+
+def test_advisory_regex_shaped_objects_answered_differently_from_casbin(
+        world: World, tmp_path: Path) -> None:
+    """keyMatch2 is a regular expression underneath. The indexed engine filed the deny
+    rule ``/internal/x|/admin/*`` under its first segment ``internal`` and never tried
+    it for ``/admin/users``, which ``casbin.Enforcer`` denies (the ``|`` is an
+    alternation); ``/reports/?.*`` never matched ``/reports``, which Casbin matches.
+    Objects outside the documented keyMatch2 forms are now refused at load, every one
+    with its file and line."""
+    import casbin
+
+    from endpointsec.errors import ConfigurationError
+    from endpointsec.policy import DEFAULT_MODEL_PATH, CasbinPolicy
+
+    policy = tmp_path / "policy.csv"
+    policy.write_text(f"""\
+# admin console; the internal tools are off limits
+
+p, {ALICE}, *, /admin/*, *, allow
+p, {ALICE}, *, /internal/x|/admin/*, *, deny
+p, {ALICE}, *, /reports/?.*, GET, deny
+p, {ALICE}, *, /reports, GET, allow
+""")
+    reference = casbin.Enforcer(str(DEFAULT_MODEL_PATH), str(policy))
+    assert reference.enforce(ALICE, "*", "/admin/users", "GET") is False
+    assert reference.enforce(ALICE, "*", "/reports", "GET") is False
+    with pytest.raises(ConfigurationError) as info:
+        CasbinPolicy(policy=policy)
+    message = str(info.value)
+    assert f"{policy}:4: " in message and "'|'" in message
+    assert f"{policy}:5: " in message and "'?'" in message
+    with pytest.raises(ConfigurationError):  # the whole gatekeeper refuses to start
+        world.gatekeeper(sources=["asgi-tls"], policy={"policy": str(policy)})
+
+
+def test_advisory_policy_lines_casbin_skips_or_never_matches(world: World,
+                                                             tmp_path: Path) -> None:
+    """Casbin's loader skips a line whose type its model does not know without a word
+    (``P, ...``: the deny below was simply not there), and keyMatch2 does not read
+    ``{id}`` as a parameter (the deny for ``/orders/{id}`` only matched the literal text
+    ``/orders/{id}``): alice kept every permission the two deny rules took away. Both
+    are now refused at start-up, with their line numbers."""
+    from endpointsec.errors import ConfigurationError
+
+    policy = tmp_path / "policy.csv"
+    policy.write_text(f"""\
+p, {ALICE}, *, /files/*, GET, allow
+p, {ALICE}, *, /orders/:id, GET, allow
+# suspended: no files, no orders
+P, {ALICE}, *, /files/*, GET, deny
+p, {ALICE}, *, /orders/{{id}}, GET, deny
+""")
+    with pytest.raises(ConfigurationError) as info:
+        world.gatekeeper(sources=["asgi-tls"], policy={"policy": str(policy)})
+    message = str(info.value)
+    assert "2 problems" in message
+    assert f"{policy}:4: " in message and "unknown rule type 'P'" in message
+    assert f"{policy}:5: " in message and "write ':id'" in message
+
+
 # -- responses never echo ------------------------------------------------------------------
 
 
