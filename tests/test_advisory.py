@@ -1175,6 +1175,47 @@ def test_advisory_decoded_encoded_slashes_carry_dot_segments(world: World,
         assert run_asgi(app, http_scope(b"/admin%2Fx", cert=world.admin), rec).status == 200
 
 
+@pytest.fixture(params=["h11", "httptools"])
+def decoding_server(request: pytest.FixtureRequest, world: World) -> Iterator[int]:
+    """A real uvicorn on 127.0.0.1 (h11 and httptools) running the Starlette app of the
+    test above with ``decode_encoded_slashes = true``; yields the port."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    app, _ = _starlette_app(world, {"decode_encoded_slashes": True})
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, http=request.param, log_level="warning",
+                                           lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def test_advisory_decoded_encoded_slashes_over_real_uvicorn(decoding_server: int) -> None:
+    """The same attacks over a real uvicorn, whose own ``scope["path"]`` decides the
+    Starlette route: never the private handler without a certificate."""
+    for raw in ROUTED_PATH_ATTACKS:
+        status, body = raw_http(decoding_server, raw)
+        assert status in (400, 401), (raw, status, body)
+        assert b"private" not in body, raw
+    assert raw_http(decoding_server, b"/healthz")[0] == 200
+    assert raw_http(decoding_server, b"/admin%2Fx")[0] == 401
+
+
 @pytest.mark.parametrize("paths", PATH_OPTIONS, ids=_options_id)
 def test_advisory_decoded_encoded_backslashes_on_flask(world: World,
                                                        paths: dict[str, Any]) -> None:
