@@ -146,6 +146,8 @@ def _scan(policy_path: Path, model_path: Path, *, default_model: bool
     """The policy file's rules with their line numbers, and every malformed line."""
     try:
         keys = DEFAULT_KEYS if default_model else _model_keys(model_path)
+        if "p" not in keys:  # not a usable model: loading it says why
+            return [], []
         lines, findings = read_policy_file(policy_path, keys=keys, check_quotes=default_model,
                                            label=policy_path.name)
     except Exception as exc:  # unreadable files; casbin raises many types for bad models

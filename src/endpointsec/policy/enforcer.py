@@ -297,8 +297,9 @@ class _IndexedSnapshot(_Snapshot):
                  g_where: Sequence[str] | None = None) -> None:
         super().__init__(cache_size=cache_size)
         # -- loading: every problem of every rule at once, each with its place
-        # (``policy.csv:12`` when the file was scanned, else the rule's index) --------
-        findings = check_rules(
+        # (``policy.csv:12`` when the file was scanned, else the rule's index). Rules
+        # with their places (p_where) come from a file scan that already checked them.
+        findings = [] if p_where is not None else check_rules(
             [PolicyLine(p_where[i] if p_where else f"{source}: policy rule {i + 1}",
                         "p", tuple(line)) for i, line in enumerate(p_rules)]
             + [PolicyLine(g_where[i] if g_where else f"{source}: role rule {i + 1}",

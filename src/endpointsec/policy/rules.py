@@ -48,6 +48,11 @@ _EFFECTS = ("allow", "deny")
 _P_FIELDS = "subject, domain, object, action, allow|deny"
 _G_FIELDS = "user, role, domain ('*' for every domain)"
 _TOKENS = re.compile(r"[,\[\]\(\)]")
+_BRACKET = re.compile(r"[\[\]\(\)]")
+#: The accepted objects in one expression: segments that are literal text (``.``
+#: included) or a whole ``:name``, and an optional final ``/*``.
+_SEGMENT = r"(?::[A-Za-z_][A-Za-z0-9_-]*|[^/:*^$+?{}\[\]\\|()]*)"
+_ACCEPTED = re.compile(_SEGMENT + r"(?:/" + _SEGMENT + r")*(?:/\*)?")
 _PARAM = re.compile(r":[A-Za-z_][A-Za-z0-9_-]*")
 _BRACED = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[^{}/]*)?\}")
 #: Regular-expression syntax that keyMatch2 would pass through to ``re`` as is.
@@ -87,6 +92,8 @@ def split_policy_line(line: str) -> list[str] | None:
     """
     if line == "" or line[:1] == "#":
         return None
+    if _BRACKET.search(line) is None:  # the common case: plain commas
+        return [t.strip() for t in line.split(",")]
     depth = 0
     tokens: list[str] = []
     start = 0
@@ -106,6 +113,8 @@ def split_policy_line(line: str) -> list[str] | None:
 
 
 def _unclosed(line: str) -> str | None:
+    if _BRACKET.search(line) is None:
+        return None
     depth = 0
     opened = ""
     for m in _TOKENS.finditer(line):
@@ -177,9 +186,10 @@ def read_policy_file(path: Path, *, keys: Iterable[str] = DEFAULT_KEYS,
 
 def check_object(obj: str) -> str | None:
     """Why the keyMatch2 object ``obj`` is refused, or ``None`` if it is accepted."""
-    if obj == "*":
+    if obj == "*" or _ACCEPTED.fullmatch(obj) is not None:
         return None
-    for m in _BRACED.finditer(obj):
+    m = _BRACED.search(obj)
+    if m is not None:
         return (f"'{m.group(0)}' is not a parameter for Casbin's keyMatch2 (it matches the "
                 f"literal text '{m.group(0)}'); write ':{m.group(1)}'")
     if obj.count("{") != obj.count("}"):
@@ -199,7 +209,7 @@ def check_object(obj: str) -> str | None:
             return (f"segment {seg[:40]!r}: in keyMatch2 a ':' starts a parameter wherever "
                     "it is (':' up to the next '/' matches anything); use ':name' as a "
                     "whole segment, with a name of letters, digits, '_' or '-'")
-    return None
+    return "not one of the keyMatch2 forms ':name', a final '/*', or '*'"  # pragma: no cover
 
 
 def check_rules(lines: Sequence[PolicyLine]) -> list[Finding]:
