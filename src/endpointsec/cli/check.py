@@ -20,9 +20,9 @@ the policy file and its line number:
   ``*`` (such requests are refused with 400 before the policy), an object that is not
   a normalized path (``/`` first, no ``.``/``..`` segments, no ``//`` when slashes are
   merged) and no route's ``resource``, a subject that no caller can have (not a
-  principal — ``spiffe://...``, ``uri:...``, ``dns:``, ``sha256:``, ``<iss>#<sub>`` —
-  nor ``role:``/``scope:``/``group:``, nor a role granted by a ``g`` rule), a ``g``
-  line whose member no caller can be, a duplicate line;
+  principal — ``spiffe://...``, a URI, ``dns:``, ``sha256:``, ``<iss>/<sub>`` — nor
+  ``role:``/``scope:``/``group:``, nor a role granted by a ``g`` rule), a ``g`` line
+  whose member no caller can be, a duplicate line;
 * allow rules shadowed by a deny: a request the allow rule matches is denied by a
   deny rule (checked with the real evaluator on an example request for the rule);
 * routes with no rule: a non-public ``[[routes]]`` entry that no allow rule matches
@@ -85,10 +85,10 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the problems found; 1 if there are any."""
-    found, notes = lint(args.config)
-    problems = [p for p in found if not p.warning]
-    warnings = [p for p in found if p.warning]
+    problems, notes = lint(args.config)
     print(f"check {args.config}")
+    warnings = [p for p in problems if p.warning]
+    problems = [p for p in problems if not p.warning]
     for note in notes:
         print(f"  note   {note}")
     for warning in warnings:
@@ -297,7 +297,7 @@ def _unreachable(rules: Sequence[_Rule], g_rules: Sequence[Sequence[str]],
             out.append(Problem(
                 rule.where,
                 f"[{text}] can never match: subject {sub!r} is no caller's principal "
-                "(spiffe://..., <iss>#<sub>, role:, scope:, group:) and no g rule grants it"))
+                "(spiffe://..., <iss>/<sub>, role:, scope:, group:) and no g rule grants it"))
     return out
 
 
