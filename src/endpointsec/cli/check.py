@@ -28,16 +28,16 @@ the policy file and its line number:
 * routes with no rule: a non-public ``[[routes]]`` entry that no allow rule matches
   for any subject, so every request to it is denied.
 
+The rule-shape checks (subjects, objects, actions) apply to the shipped default model;
+unknown rule types and brackets are checked for any model; shadowing and route
+coverage are checked, with the real evaluator, for any model with ``sub``, ``obj`` and
+``act`` fields in its policy definition.
+
 Warnings (printed, exit status unchanged):
 
 * a ``g`` line giving a certificate subject (``spiffe://``, ``uri:``, ``dns:``,
   ``sha256:``) a role in the token namespace (``role:``, ``scope:``, ``group:``): any
   token carrying that role, scope or group claims the same rules, through any workload.
-
-The rule-shape checks (subjects, objects, actions) apply to the shipped default model;
-unknown rule types and brackets are checked for any model; shadowing and route
-coverage are checked, with the real evaluator, for any model with ``sub``, ``obj`` and
-``act`` fields in its policy definition.
 """
 
 from __future__ import annotations
