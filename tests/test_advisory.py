@@ -787,7 +787,7 @@ p, {ALICE}, *, /orders/{{id}}, GET, deny
         world.gatekeeper(sources=["asgi-tls"], policy={"policy": str(policy)})
     message = str(info.value)
     assert "2 problems" in message
-    assert f"{policy}:4: " in message and "unknown rule type 'P'" in message
+    assert f"{policy}:4: " in message and "has rule type 'P', unknown to the model" in message
     assert f"{policy}:5: " in message and "write ':id'" in message
 
 

@@ -230,7 +230,7 @@ MALFORMED_POLICY = (
 MALFORMED_EXPECTED = [
     ("policy.csv:3", "'{id}' is not a parameter for Casbin's keyMatch2"),
     ("policy.csv:3", "write ':id'"),
-    ("policy.csv:5", "unknown rule type 'P'"),
+    ("policy.csv:5", "has rule type 'P', unknown to the model"),
     ("policy.csv:6", "has effect 'permit'"),
     ("policy.csv:7", "'|': regular-expression syntax is not a keyMatch2 form"),
     ("policy.csv:8", "'?': regular-expression syntax"),

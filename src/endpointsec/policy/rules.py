@@ -170,8 +170,8 @@ def read_policy_file(path: Path, *, keys: Iterable[str] = DEFAULT_KEYS,
         if key not in known:
             kinds = " and ".join(f"'{k}'" for k in sorted(known))
             findings.append(Finding(
-                where, f"[{text[:120]}]: unknown rule type {key[:20]!r}; the model has "
-                       f"only {kinds} rules (Casbin would skip this line without a word)"))
+                where, f"[{text[:120]}] has rule type {key[:20]!r}, unknown to the model "
+                       f"(only {kinds}): Casbin would skip this line without a word"))
             continue
         opened = _unclosed(text)
         if opened is not None:
