@@ -508,6 +508,291 @@ def test_attack_raw_path_disagrees_with_path(asgi: tuple[ASGIMiddleware, Recorde
     assert run_asgi(mw, scope, rec).status == 200  # raw_path is public: it is /healthz
 
 
+# -- the authorized path is the routed path, for every [policy.paths] option --------------
+
+#: Every valid [policy.paths] combination (decode and reject exclude each other).
+PATH_OPTIONS = [
+    {"merge_slashes": merge, "backslash": backslash, **encoded}
+    for merge in (True, False)
+    for encoded in ({}, {"decode_encoded_slashes": True}, {"reject_encoded_slashes": True})
+    for backslash in ("slash", "reject", "keep")
+]
+
+
+def _options_id(options: dict[str, Any]) -> str:
+    encoded = ("decode" if options.get("decode_encoded_slashes") else
+               "reject" if options.get("reject_encoded_slashes") else "keep")
+    return (f"merge-{'on' if options['merge_slashes'] else 'off'}-encoded-{encoded}-"
+            f"backslash-{options['backslash']}")
+
+
+#: Each would be authorized as the public /healthz if a normalizer step the application
+#: does not take (decoding %2F/%5C into separators, merging, resolving dots) were trusted.
+ROUTED_PATH_ATTACKS = [
+    b"/admin%2F..%2Fhealthz",
+    b"/admin%2f..%2fhealthz",
+    b"/admin%2F%2e%2e%2Fhealthz",
+    b"/admin/x%2F..%2F..%2Fhealthz",
+    b"/admin/%2e%2e%2Fhealthz",
+    b"/%2F/%68ealthz",
+    b"/admin/%2F/..%2F..%2Fhealthz",
+    b"/admin%5C..%5Chealthz",
+    b"/admin/x%5C..%5C..%5Chealthz",
+    b"/admin/x%5c..%5c..%5chealthz",
+    b"/admin/x\\..\\..\\healthz",
+    b"/admin/..\\healthz",
+    b"/admin/%2e%2e/healthz",
+    b"//healthz",
+]
+
+
+def _starlette_app(world: World, paths: dict[str, Any]) -> tuple[Any, list[str]]:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    ran: list[str] = []
+
+    async def health(request: Request) -> PlainTextResponse:
+        ran.append("health")
+        return PlainTextResponse("ok")
+
+    async def admin(request: Request) -> PlainTextResponse:
+        ran.append("admin")
+        return PlainTextResponse("private " + request.path_params["rest"])
+
+    app = Starlette(routes=[Route("/healthz", health), Route("/admin/{rest:path}", admin)])
+    gk = world.gatekeeper(sources=["asgi-tls"],
+                          policy={"policy": "policy.csv", "paths": paths})
+    return ASGIMiddleware(app, gatekeeper=gk), ran
+
+
+@pytest.mark.parametrize("paths", PATH_OPTIONS, ids=_options_id)
+def test_advisory_decoded_encoded_slashes_carry_dot_segments(world: World,
+                                                             paths: dict[str, Any]) -> None:
+    """With ``decode_encoded_slashes = true`` (documented as a safe choice) the wire
+    checks ran on the raw path, where ``%2F`` hides the separators: with no
+    certificate, ``GET /admin%2F..%2Fhealthz`` was authorized as the public ``/healthz``
+    while Starlette, routing on the decoded ``/admin/../healthz``, ran the private
+    ``/admin/{rest:path}`` handler; ``/%2F/%68ealthz`` (merged into ``/healthz``) and
+    the ``%5C`` forms likewise. Now the normalized path must decode back to exactly the
+    path the application routes, for every ``[policy.paths]`` option, or it is a 400."""
+    app, ran = _starlette_app(world, paths)
+    rec = Recorder()
+    for raw in ROUTED_PATH_ATTACKS:
+        ran.clear()
+        result = run_asgi(app, http_scope(raw), rec)
+        assert result.status in (400, 401), (raw, result.status, result.body)
+        assert ran == [], raw
+    assert run_asgi(app, http_scope(b"/healthz"), rec).status == 200
+    assert run_asgi(app, http_scope(b"/%68ealthz"), rec).status == 200  # same routed path
+    assert ran == ["health", "health"]
+    assert_refused(run_asgi(app, http_scope(b"/admin/x"), rec), 401)
+    assert run_asgi(app, http_scope(b"/admin/x", cert=world.admin), rec).status == 200
+    if paths.get("decode_encoded_slashes"):
+        # what the option is for: /admin%2Fx is routed as /admin/x, and checked as such
+        assert_refused(run_asgi(app, http_scope(b"/admin%2Fx"), rec), 401)
+        assert run_asgi(app, http_scope(b"/admin%2Fx", cert=world.admin), rec).status == 200
+
+
+@pytest.fixture(params=["h11", "httptools"])
+def decoding_server(request: pytest.FixtureRequest, world: World) -> Iterator[int]:
+    """A real uvicorn on 127.0.0.1 (h11 and httptools) running the Starlette app of the
+    test above with ``decode_encoded_slashes = true``; yields the port."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    app, _ = _starlette_app(world, {"decode_encoded_slashes": True})
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, http=request.param, log_level="warning",
+                                           lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def test_advisory_decoded_encoded_slashes_over_real_uvicorn(decoding_server: int) -> None:
+    """The same attacks over a real uvicorn, whose own ``scope["path"]`` decides the
+    Starlette route: never the private handler without a certificate."""
+    for raw in ROUTED_PATH_ATTACKS:
+        status, body = raw_http(decoding_server, raw)
+        assert status in (400, 401), (raw, status, body)
+        assert b"private" not in body, raw
+    assert raw_http(decoding_server, b"/healthz")[0] == 200
+    assert raw_http(decoding_server, b"/admin%2Fx")[0] == 401
+
+
+@pytest.mark.parametrize("paths", PATH_OPTIONS, ids=_options_id)
+def test_advisory_decoded_encoded_backslashes_on_flask(world: World,
+                                                       paths: dict[str, Any]) -> None:
+    """The Flask form: werkzeug decodes ``%5C`` into a backslash, an ordinary character
+    in ``/admin/<path:rest>``; with ``decode_encoded_slashes`` the normalizer made it a
+    separator, so ``/admin/x%5C..%5C..%5Chealthz`` was authorized as the public
+    ``/healthz`` and the private handler ran with no certificate."""
+    gk = world.gatekeeper(sources=["wsgi-environ"],
+                          policy={"policy": "policy.csv", "paths": paths})
+    app = Flask(__name__)
+    FlaskSec(app, gatekeeper=gk)
+    ran: list[str] = []
+
+    @app.get("/healthz")
+    def health() -> str:
+        ran.append("health")
+        return "ok"
+
+    @app.get("/admin/<path:rest>")
+    def admin(rest: str) -> str:
+        ran.append("admin")
+        return "private " + rest
+
+    client = app.test_client()
+    for raw in ROUTED_PATH_ATTACKS:
+        # As gunicorn hands it over: the request target in RAW_URI, PATH_INFO decoded
+        # once (latin-1). (The test client would read "//healthz" as a host name.)
+        target = raw.decode("latin-1")
+        env = {"RAW_URI": target, "REQUEST_URI": target,
+               "PATH_INFO": unquote(target, encoding="latin-1")}
+        r = client.get("/", environ_overrides=env)
+        # 308: werkzeug merges "//" itself and redirects, no handler runs
+        assert r.status_code in (400, 401, 308), (raw, r.status_code, r.data)
+        assert b"private" not in r.data, raw
+        assert "admin" not in ran, raw
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/admin/x").status_code == 401
+    admin_cert = {"SSL_CLIENT_CERT": world.admin.cert_pem.decode()}
+    assert client.get("/admin/x", environ_overrides=admin_cert).status_code == 200
+    assert ran == ["health", "admin"]
+
+
+@pytest.mark.parametrize("framework", ["fastapi", "flask"])
+def test_advisory_tail_route_template_matched_the_bare_prefix(world: World,
+                                                              framework: str) -> None:
+    """``[[routes]] path = "/static/*"`` with ``public = true`` also matched the bare
+    ``/static``, which FastAPI and Flask route to a different, private handler (here a
+    listing of every file). A trailing ``/*`` now matches ``/static/`` and below only."""
+    routes = [{"path": "/static/*", "public": True}]
+    ran: list[str] = []
+    alice_env = {"SSL_CLIENT_CERT": world.alice.cert_pem.decode()}
+    if framework == "fastapi":
+        sec = FastAPISec(gatekeeper=world.gatekeeper(sources=["asgi-tls"], routes=routes))
+        fapp = FastAPI()
+        sec.install(fapp)
+
+        @fapp.get("/static")
+        async def listing() -> str:
+            ran.append("listing")
+            return "private listing"
+
+        @fapp.get("/static/{p:path}")
+        async def file(p: str) -> str:
+            ran.append("file")
+            return p
+
+        client: Any = TestClient(fapp)
+        get = client.get
+    else:
+        app = Flask(__name__, static_folder=None)
+        FlaskSec(app, gatekeeper=world.gatekeeper(sources=["wsgi-environ"], routes=routes))
+
+        @app.get("/static")
+        def flisting() -> str:
+            ran.append("listing")
+            return "private listing"
+
+        @app.get("/static/<path:p>")
+        def ffile(p: str) -> str:
+            ran.append("file")
+            return p
+
+        client = app.test_client()
+        get = client.get
+    r = get("/static")
+    assert r.status_code == 401
+    assert ran == []
+    assert get("/static/app.css").status_code == 200
+    assert get("/static/css/app.css").status_code == 200
+    assert ran == ["file", "file"]
+    if framework == "flask":  # the private handler still runs for an allowed caller
+        assert get("/static", environ_overrides=alice_env).status_code == 403
+
+
+# -- policy rules the engine or Casbin would silently misread -------------------------------
+
+
+def test_advisory_regex_shaped_objects_answered_differently_from_casbin(
+        world: World, tmp_path: Path) -> None:
+    """keyMatch2 is a regular expression underneath. The indexed engine filed the deny
+    rule ``/internal/x|/admin/*`` under its first segment ``internal`` and never tried
+    it for ``/admin/users``, which ``casbin.Enforcer`` denies (the ``|`` is an
+    alternation); ``/reports/?.*`` never matched ``/reports``, which Casbin matches.
+    Objects outside the documented keyMatch2 forms are now refused at load, every one
+    with its file and line."""
+    import casbin
+
+    from endpointsec.errors import ConfigurationError
+    from endpointsec.policy import DEFAULT_MODEL_PATH, CasbinPolicy
+
+    policy = tmp_path / "policy.csv"
+    policy.write_text(f"""\
+# admin console; the internal tools are off limits
+
+p, {ALICE}, *, /admin/*, *, allow
+p, {ALICE}, *, /internal/x|/admin/*, *, deny
+p, {ALICE}, *, /reports/?.*, GET, deny
+p, {ALICE}, *, /reports, GET, allow
+""")
+    reference = casbin.Enforcer(str(DEFAULT_MODEL_PATH), str(policy))
+    assert reference.enforce(ALICE, "*", "/admin/users", "GET") is False
+    assert reference.enforce(ALICE, "*", "/reports", "GET") is False
+    with pytest.raises(ConfigurationError) as info:
+        CasbinPolicy(policy=policy)
+    message = str(info.value)
+    assert f"{policy}:4: " in message and "'|'" in message
+    assert f"{policy}:5: " in message and "'?'" in message
+    with pytest.raises(ConfigurationError):  # the whole gatekeeper refuses to start
+        world.gatekeeper(sources=["asgi-tls"], policy={"policy": str(policy)})
+
+
+def test_advisory_policy_lines_casbin_skips_or_never_matches(world: World,
+                                                             tmp_path: Path) -> None:
+    """Casbin's loader skips a line whose type its model does not know without a word
+    (``P, ...``: the deny below was simply not there), and keyMatch2 does not read
+    ``{id}`` as a parameter (the deny for ``/orders/{id}`` only matched the literal text
+    ``/orders/{id}``): alice kept every permission the two deny rules took away. Both
+    are now refused at start-up, with their line numbers."""
+    from endpointsec.errors import ConfigurationError
+
+    policy = tmp_path / "policy.csv"
+    policy.write_text(f"""\
+p, {ALICE}, *, /files/*, GET, allow
+p, {ALICE}, *, /orders/:id, GET, allow
+# suspended: no files, no orders
+P, {ALICE}, *, /files/*, GET, deny
+p, {ALICE}, *, /orders/{{id}}, GET, deny
+""")
+    with pytest.raises(ConfigurationError) as info:
+        world.gatekeeper(sources=["asgi-tls"], policy={"policy": str(policy)})
+    message = str(info.value)
+    assert "2 problems" in message
+    assert f"{policy}:4: " in message and "has rule type 'P', unknown to the model" in message
+    assert f"{policy}:5: " in message and "write ':id'" in message
+
+
 # -- method tricks -----------------------------------------------------------------------
 
 

@@ -74,7 +74,8 @@ class RouteConfig:
     """Requirements for the routes whose normalized path matches ``path``.
 
     ``path`` is a template: ``/orders/{id}`` or ``/orders/:id`` match one segment,
-    a trailing ``/*`` matches any rest (including nothing). The first matching route
+    a trailing ``/*`` matches ``/prefix/`` and everything below it, not the bare
+    ``/prefix`` (frameworks route that to another handler). The first matching route
     wins; no match means ``[defaults]``.
     """
 

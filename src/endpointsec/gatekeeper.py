@@ -55,8 +55,7 @@ from endpointsec.routing import RouteTable
 from endpointsec.wirepath import (
     asgi_headers,
     asgi_raw_path,
-    check_normalized_path,
-    check_wire_path,
+    check_routed_path,
     wsgi_headers,
     wsgi_raw_path,
 )
@@ -287,10 +286,6 @@ class Gatekeeper:
         answers 400 where the server does.
         """
         defaults = self.routes.defaults
-        if wire:
-            error = check_wire_path(raw_path)
-            if error is not None:
-                return None, error, defaults
         try:
             path = self.policy.normalize(raw_path)
         except PathError as exc:
@@ -300,7 +295,9 @@ class Gatekeeper:
         except Exception as exc:  # a normalizer bug is a 400, never a 500
             return None, PathError(f"request path could not be normalized: "
                                    f"{type(exc).__name__}"), defaults
-        error = check_normalized_path(raw_path if wire else path, path)
+        # The authorized path is the path the application routes, or the request is a
+        # 400 (dot/empty segments, backslashes, encoded separators; every path option).
+        error = check_routed_path(raw_path if wire else path, path)
         if error is not None:
             return None, error, defaults
         return path, None, self.routes.match(method, path)

@@ -18,8 +18,11 @@ def compile_template(template: str) -> re.Pattern[str]:
     """Compile a keyMatch2-style template.
 
     ``{name}`` and ``:name`` match exactly one non-empty segment; a trailing ``/*``
-    matches the path itself and anything below it; a ``*`` elsewhere matches within
-    one segment. Everything else is literal.
+    matches everything below the prefix, ``/static/`` included, but **not** the bare
+    prefix ``/static``: FastAPI, Starlette and Flask route ``/static`` to another
+    handler than ``/static/{p:path}`` / ``/static/<path:p>`` (as Casbin's keyMatch2
+    does not match it either). A ``*`` elsewhere matches within one segment. Everything
+    else is literal.
     """
     if not template.startswith("/"):
         raise ConfigurationError(f"route template must start with '/': {template!r}")
@@ -27,7 +30,7 @@ def compile_template(template: str) -> re.Pattern[str]:
     body = template
     if body.endswith("/*"):
         body = body[:-2]
-        tail = "(?:/.*)?"
+        tail = "/.*"
     out: list[str] = []
     pos = 0
     for m in _PARAM.finditer(body):

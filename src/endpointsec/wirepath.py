@@ -4,26 +4,27 @@ the authorized path equal to the path the application routes.
 Servers hand the request to the app in different shapes (an ASGI ``raw_path``, a WSGI
 ``RAW_URI`` or a latin-1 ``PATH_INFO``); :func:`asgi_raw_path` and :func:`wsgi_raw_path`
 recover the percent-encoded path as the client sent it. The normalizer then builds the
-canonical path that routes and policy see. :func:`check_wire_path` refuses the paths
+canonical path that routes and policy see. :func:`check_routed_path` refuses the paths
 whose canonical form is *not* what Starlette, FastAPI, Flask or werkzeug will route on
-(they percent-decode once and never resolve dot segments): checking one path and running
-the handler of another is the classic authorization bypass.
+(:func:`routed_path`: they percent-decode once and never merge slashes or resolve dot
+segments), for every normalizer option: checking one path and running the handler of
+another is the classic authorization bypass.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote_to_bytes
 
 from endpointsec.errors import PathError
 
 __all__ = [
     "asgi_headers",
     "asgi_raw_path",
-    "check_normalized_path",
-    "check_wire_path",
+    "check_routed_path",
     "quote_path",
+    "routed_path",
     "wsgi_headers",
     "wsgi_raw_path",
 ]
@@ -74,39 +75,73 @@ def wsgi_raw_path(environ: Mapping[str, Any]) -> str:
     return quote_path(raw) if raw else "/"
 
 
-def check_wire_path(raw_path: str) -> PathError | None:
-    """A wire path the application would read differently from its normalized form.
+def routed_path(raw_path: str) -> bytes:
+    """The path the application routes on for ``raw_path``: the target up to ``?``/``#``,
+    percent-decoded exactly once, as bytes.
 
-    Starlette, FastAPI, Flask and werkzeug route on the percent-decoded path *without*
-    resolving dot segments and treat a backslash as an ordinary character. The
-    normalizer resolves ``..`` and turns ``\\`` into ``/``, so ``/admin/../healthz``
-    would be checked as the public ``/healthz`` while the app runs its
-    ``/admin/{rest:path}`` handler. Conforming clients never send either form.
+    That is uvicorn's and hypercorn's ``scope["path"]`` (Starlette, FastAPI) and
+    werkzeug's and gunicorn's ``PATH_INFO`` (Flask): ``%2F`` and ``%5C`` become ``/`` and
+    ``\\``, ``%2e`` becomes ``.``, nothing is merged or resolved. A wire path arrives as a
+    latin-1 string; characters above U+00FF are taken as UTF-8 (as the normalizer does).
     """
-    path = raw_path.split("?", 1)[0] if "?" in raw_path else raw_path
-    if "\\" in path:
-        return PathError("request path contains a backslash")
-    if "." in path or "%2" in path:
-        dotted = path.replace("%2e", ".").replace("%2E", ".")
-        if any(seg in (".", "..") for seg in dotted.split("/")):
-            return PathError("request path contains a dot segment ('.' or '..')")
-    return None
+    for sep in ("?", "#"):
+        if sep in raw_path:
+            raw_path = raw_path.split(sep, 1)[0]
+    if not raw_path or max(raw_path) <= "\xff":
+        data = raw_path.encode("latin-1")
+    else:
+        data = raw_path.encode("utf-8", "surrogatepass")
+    return unquote_to_bytes(data) if b"%" in data else data
 
 
-def check_normalized_path(raw_path: str, path: str) -> PathError | None:
-    """The normalized ``path`` still differs from what the app routes for ``raw_path``."""
+def check_routed_path(raw_path: str, path: str) -> PathError | None:
+    """``path``, the normalized form of ``raw_path``, is not the path the application
+    routes on for ``raw_path``; ``None`` when it is.
+
+    The rule: the path that is authorized is the path the framework routes, or the
+    request is a 400. Starlette, FastAPI, Flask and werkzeug route on the percent-decoded
+    path (:func:`routed_path`) and never merge slashes, resolve ``.``/``..`` or read
+    ``\\`` as a separator. So ``path`` is accepted only when decoding it gives back
+    exactly the routed path, segment for segment, whatever the normalizer options:
+
+    * a dot segment (``/admin/../healthz``, ``%2e%2e``, or one that only appears once
+      ``%2F`` is decoded: ``/admin%2F..%2Fhealthz``) is resolved by the normalizer and
+      not by the app;
+    * an empty segment (``//healthz``, ``/%2F/healthz``) is merged by the normalizer
+      (``merge_slashes``) and not by the app;
+    * a backslash (raw, or ``%5C`` with ``decode_encoded_slashes``) that the normalizer
+      turns into a separator is an ordinary character to the app;
+    * an ``%2F`` the normalizer keeps (one segment for routes and policy) is a separator
+      to the app.
+
+    ``raw_path == path`` (nothing was decoded or rewritten) costs one comparison.
+    """
     if "%" in path and "%2f" in path.lower():
-        # Starlette, FastAPI, Flask and werkzeug route on the *decoded* path, where
-        # %2F is a separator: a template or rule matching "one segment" here would
-        # match two segments in the app (advisory: encoded-slash confusion).
+        # One segment for routes and policy, two for the app (advisory: encoded-slash
+        # confusion): a template matching "one segment" would match two in the app.
         return PathError("request path contains an encoded slash (%2F) that the "
                          "application would decode into a separator")
-    if "//" in raw_path and "//" not in path:
-        # merge_slashes: "//" would be checked as "/", but the app routes "//"
-        # (a private "/{p:path}" ran for "//" when "/" was public).
-        return PathError("request path contains an empty segment ('//') that the "
-                         "application would not merge")
-    return None
+    if path == raw_path:
+        return None
+    routed = routed_path(raw_path)
+    if (unquote_to_bytes(path) if "%" in path else path.encode("ascii", "replace")) == routed:
+        return None
+    return PathError(_why_different(routed))
+
+
+def _why_different(routed: bytes) -> str:
+    """The specific reason (for logs) why the normalized path is not the routed one."""
+    segments = routed.split(b"/")
+    if b"." in segments or b".." in segments:
+        return ("request path contains a dot segment ('.' or '..') that the application "
+                "would not resolve")
+    if b"\\" in routed:
+        return ("request path contains a backslash that the normalizer reads as a separator "
+                "and the application as a character")
+    if b"//" in routed:
+        return ("request path contains an empty segment ('//') that the application "
+                "would not merge")
+    return "request path would be routed by the application as a different path"
 
 
 def asgi_headers(scope: Mapping[str, Any]) -> list[tuple[bytes, bytes]] | None:

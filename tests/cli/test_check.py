@@ -71,7 +71,8 @@ def test_clean_configuration_exits_0(tmp_path: Path,
         pytest.param("p, alice, *, /orders/:id, GET, allow", CLEAN_ROUTES,
                      "subject 'alice' is no caller's principal", id="bare-subject"),
         pytest.param("p, role:ops, *, /ops, GET, maybe", CLEAN_ROUTES,
-                     "policy rule 5 has effect 'maybe'", id="bad-effect"),
+                     "policy.csv:8: [p, role:ops, *, /ops, GET, maybe] has effect 'maybe'",
+                     id="bad-effect"),
         pytest.param("p, role:admin, *, /orders/vault, GET, allow", CLEAN_ROUTES,
                      "policy.csv:8: allow rule [p, role:admin, *, /orders/vault, GET, allow] "
                      "is shadowed by deny rule [p, role:admin, *, /orders/vault, *, deny] "
@@ -218,3 +219,86 @@ def test_sample_path_matches_both_template_kinds(segments: list[str], tail: bool
     sample = sample_path(template)
     assert compile_template(template).match(sample)
     assert key_match2(sample, template.replace("{", ":").replace("}", ""))
+
+
+# Line numbers count every line of the file, as Casbin's loader reads it: comments,
+# blank lines and CRLF endings do not shift them.
+MALFORMED_POLICY = (
+    "# header comment\n"                                                   # 1
+    "\n"                                                                   # 2
+    "p, role:ops, *, /orders/{id}, GET, allow\n"                           # 3
+    "   # indented comment\r\n"                                            # 4
+    "P, role:ops, *, /orders, GET, allow\n"                                # 5
+    "p, role:ops, *, /orders/:id, GET, permit\n"                           # 6
+    "p, role:ops, *, /internal/x|/admin/*, *, deny\n"                      # 7
+    "p, role:ops, *, /reports/?.*, GET, allow\n"                           # 8
+    'p, role:ops, *, "/quoted", GET, allow\n'                              # 9
+    "p, role:ops, *, /a/{id, GET, allow\n"                                 # 10
+    "p, role:ops, *, /x(y, GET, allow\n"                                   # 11
+    "p, role:ops, *, /y], GET, allow\n"                                    # 12
+    "g, role:ops, admin\n"                                                 # 13
+    "p, role:ops, *, /items:batch, POST, allow\n"                          # 14
+    "p, role:ops, *, /files/*.txt, GET, allow\n"                           # 15
+    "p, role:ops, *, /fine/:id, GET, allow\n"                              # 16
+)
+MALFORMED_EXPECTED = [
+    ("policy.csv:3", "'{id}' is not a parameter for Casbin's keyMatch2"),
+    ("policy.csv:3", "write ':id'"),
+    ("policy.csv:5", "has rule type 'P', unknown to the model"),
+    ("policy.csv:6", "has effect 'permit'"),
+    ("policy.csv:7", "'|': regular-expression syntax is not a keyMatch2 form"),
+    ("policy.csv:8", "'?': regular-expression syntax"),
+    ("policy.csv:9", "contains a '\"'"),
+    ("policy.csv:10", "unbalanced '{' or '}'"),
+    ("policy.csv:11", "unbalanced '('"),
+    ("policy.csv:12", "unbalanced ']'"),
+    ("policy.csv:13", "has 2 values after 'g'"),
+    ("policy.csv:14", "segment 'items:batch'"),
+    ("policy.csv:15", "'*' is only a keyMatch2 form as a final '/*'"),
+]
+
+
+def test_every_malformed_line_is_reported_with_its_line_number(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _project(tmp_path, MALFORMED_POLICY, routes="")
+    assert main(["check", str(config)]) == 1
+    out = capsys.readouterr().out
+    errors = [line for line in out.splitlines() if line.startswith("  ERROR  ")]
+    assert len(errors) == 12, out
+    for where, text in MALFORMED_EXPECTED:
+        assert any(e.startswith(f"  ERROR  {where}: ") and text in e for e in errors), (where, out)
+    assert "policy.csv:16" not in out
+    assert "  12 problems found" in out
+
+
+def test_loading_reports_every_malformed_line_at_once(tmp_path: Path) -> None:
+    """The same checks refuse the policy at start-up, all in one message."""
+    from endpointsec.errors import ConfigurationError
+    from endpointsec.policy import CasbinPolicy
+
+    (tmp_path / "policy.csv").write_text(MALFORMED_POLICY)
+    with pytest.raises(ConfigurationError) as info:
+        CasbinPolicy(policy=tmp_path / "policy.csv")
+    message = str(info.value)
+    assert "12 problems in the policy" in message
+    for where, text in MALFORMED_EXPECTED:
+        assert any(f"policy.csv:{where.split(':')[1]}: " in line and text in line
+                   for line in message.splitlines()), (where, message)
+
+
+@pytest.mark.parametrize(("rule", "warned"), [
+    pytest.param("g, spiffe://example.org/ns/shop/sa/web, role:storefront, *", True,
+                 id="spiffe-to-role"),
+    pytest.param("g, uri:urn:example:web, scope:orders, *", True, id="uri-to-scope"),
+    pytest.param("g, dns:web.example.org, group:ops, *", True, id="dns-to-group"),
+    pytest.param("g, sha256:" + "ab" * 32 + ", role:admin, *", True, id="sha256-to-role"),
+    pytest.param("g, spiffe://example.org/ns/shop/sa/web, workload:storefront, *", False,
+                 id="workload-namespace"),
+    pytest.param("g, role:ops, admin, *", False, id="token-role-to-role"),
+])
+def test_certificate_subject_given_a_token_role_is_a_warning(
+        tmp_path: Path, rule: str, warned: bool, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _project(tmp_path, CLEAN_POLICY + rule + "\n")
+    assert main(["check", str(config)]) == 0  # a warning does not fail the check
+    out = capsys.readouterr().out
+    assert ("  WARN   policy.csv:8: " in out and "token namespace" in out) is warned, out

@@ -4,10 +4,18 @@
 
     endpointsec check endpointsec.toml
 
-Problems reported (exit status 1 when there is any, 0 when there is none):
+Problems reported (exit status 1 when there is any, 0 when there is none), each with
+the policy file and its line number:
 
 * the configuration does not load (unknown keys, bad values, missing files): the
   loader's own message, which names the key;
+* malformed policy lines, **all** of them in one run (the file is read line by line
+  exactly as Casbin splits it, so that comments and blank lines do not shift numbers):
+  an unknown rule type (``P, ...``: Casbin would skip it without a word), a quote or an
+  unbalanced bracket, a wrong number of values, an effect other than ``allow``/``deny``,
+  an object outside the documented keyMatch2 forms (``{id}``: write ``:id``; regex
+  syntax such as ``|``, ``?``, ``(``; a ``*`` other than a final ``/*``; a ``:`` inside
+  a segment) — the same checks that refuse the policy at start-up;
 * rules that can never match: an action that is not an upper-case HTTP method or
   ``*`` (such requests are refused with 400 before the policy), an object that is not
   a normalized path (``/`` first, no ``.``/``..`` segments, no ``//`` when slashes are
@@ -26,14 +34,20 @@ of ``discovery_url``) is also fetched once, with the same checks as at run time
 and the cause.
 
 The rule-shape checks (subjects, objects, actions) apply to the shipped default model;
-shadowing and route coverage are checked, with the real evaluator, for any model with
-``sub``, ``obj`` and ``act`` fields in its policy definition.
+unknown rule types and brackets are checked for any model; shadowing and route
+coverage are checked, with the real evaluator, for any model with ``sub``, ``obj`` and
+``act`` fields in its policy definition.
+
+Warnings (printed, exit status unchanged):
+
+* a ``g`` line giving a certificate subject (``spiffe://``, ``uri:``, ``dns:``,
+  ``sha256:``) a role in the token namespace (``role:``, ``scope:``, ``group:``): any
+  token carrying that role, scope or group claims the same rules, through any workload.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from endpointsec.errors import ConfigurationError
+from endpointsec.policy.rules import DEFAULT_KEYS, PolicyLine, check_rules, read_policy_file
 
 __all__ = ["Problem", "lint", "register"]
 
@@ -52,10 +67,12 @@ _MAX_SUBJECTS = 1000
 
 @dataclass(frozen=True)
 class Problem:
-    """One finding: where (file and line when known) and what."""
+    """One finding: where (file and line when known) and what. A ``warning`` does not
+    make the check fail."""
 
     where: str
     message: str
+    warning: bool = False
 
     def __str__(self) -> str:
         return f"{self.where}: {self.message}" if self.where else self.message
@@ -81,11 +98,17 @@ def run(args: argparse.Namespace) -> int:
         problems += more
         notes += more_notes
     print(f"check {args.config}")
+    warnings = [p for p in problems if p.warning]
+    problems = [p for p in problems if not p.warning]
     for note in notes:
         print(f"  note   {note}")
+    for warning in warnings:
+        print(f"  WARN   {warning}")
     for problem in problems:
         print(f"  ERROR  {problem}")
-    print(f"  {len(problems)} problem{'s' if len(problems) != 1 else ''} found")
+    print(f"  {len(problems)} problem{'s' if len(problems) != 1 else ''} found"
+          + (f", {len(warnings)} warning{'s' if len(warnings) != 1 else ''}"
+             if warnings else ""))
     return 1 if problems else 0
 
 
@@ -108,18 +131,41 @@ class _Rule:
         return self.fields.get(name, default)
 
 
-def _line_numbers(path: Path | None) -> dict[tuple[str, ...], list[int]]:
-    if path is None:
-        return {}
+def _line_numbers(lines: Sequence[PolicyLine]) -> dict[tuple[str, ...], list[int]]:
+    """Each rule (``("p", ...values)``) and the line numbers it is on."""
     out: dict[tuple[str, ...], list[int]] = {}
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return {}
-    for number, row in enumerate(csv.reader(text.splitlines(), skipinitialspace=True), 1):
-        if row and not row[0].lstrip().startswith("#"):
-            out.setdefault(tuple(c.strip() for c in row), []).append(number)
+    for line in lines:
+        out.setdefault((line.key, *line.values), []).append(_number(line.where))
     return out
+
+
+def _number(where: str) -> int:
+    return int(where.rsplit(":", 1)[1])
+
+
+def _model_keys(model_path: Path) -> frozenset[str]:
+    """The rule types (``p``, ``g``, ``p2`` ...) of a model, as Casbin's loader knows them."""
+    import casbin
+
+    model = casbin.Model()
+    model.load_model(str(model_path))
+    return frozenset(k for sec in ("p", "g") if sec in model.model for k in model.model[sec])
+
+
+def _scan(policy_path: Path, model_path: Path, *, default_model: bool
+          ) -> tuple[list[PolicyLine], list[Problem]]:
+    """The policy file's rules with their line numbers, and every malformed line."""
+    try:
+        keys = DEFAULT_KEYS if default_model else _model_keys(model_path)
+        if "p" not in keys:  # not a usable model: loading it says why
+            return [], []
+        lines, findings = read_policy_file(policy_path, keys=keys, check_quotes=default_model,
+                                           label=policy_path.name)
+    except Exception as exc:  # unreadable files; casbin raises many types for bad models
+        return [], [Problem(str(policy_path), f"cannot be read: {exc}")]
+    if default_model:
+        findings += check_rules(lines)
+    return lines, [Problem(f.where, f.message) for f in findings]
 
 
 def _load_rules(model_path: Path, policy_path: Path) -> tuple[list[str], list[list[str]],
@@ -165,7 +211,6 @@ def lint(config_path: Path) -> tuple[list[Problem], list[str]]:
 
     try:
         config = load_config(config_path)
-        policy = build_policy(config.policy)
     except ConfigurationError as exc:
         # one problem per invalid key: every one of them, not only the first
         return [Problem(str(config_path), str(e)) for e in exc.errors], []
@@ -175,16 +220,27 @@ def lint(config_path: Path) -> tuple[list[Problem], list[str]]:
         notes.append("[policy] allow_authenticated: every authenticated caller is allowed "
                      "(no rules to check)")
         return [], notes
-    policy_path: Path | None = getattr(pc, "policy", None)
-    if policy_path is None:
-        notes.append("the policy comes from an adapter: rules not checked")
-        return [], notes
     from endpointsec.policy.enforcer import DEFAULT_MODEL_PATH
 
+    policy_path: Path | None = getattr(pc, "policy", None)
     model_path: Path | None = getattr(pc, "model", None)
     default_model = model_path is None or _same_text(model_path, DEFAULT_MODEL_PATH)
     if model_path is None:
         model_path = DEFAULT_MODEL_PATH
+    scanned: list[PolicyLine] = []
+    if policy_path is not None and policy_path.is_file():
+        # Every malformed line at once, with its number (loading stops at them, all
+        # reported in one message; here each is a problem of its own).
+        scanned, malformed = _scan(policy_path, model_path, default_model=default_model)
+        if malformed:
+            return malformed, notes
+    try:
+        policy = build_policy(pc)
+    except ConfigurationError as exc:
+        return [Problem(str(config_path), str(exc))], notes
+    if policy_path is None:
+        notes.append("the policy comes from an adapter: rules not checked")
+        return [], notes
     try:
         tokens, p_rules, g_rules = _load_rules(model_path, policy_path)
     except Exception as exc:  # casbin raises many types for bad files
@@ -192,22 +248,25 @@ def lint(config_path: Path) -> tuple[list[Problem], list[str]]:
     if not {"sub", "obj", "act"} <= set(tokens):
         notes.append(f"model {model_path} has no sub/obj/act policy fields: rules not checked")
         return [], notes
-    lines = _line_numbers(policy_path)
+    lines = _line_numbers(scanned)
+    p_lines = [ln for ln in scanned if ln.key == "p"]
+    if [list(ln.values) for ln in p_lines] != p_rules:  # pragma: no cover - same splitting
+        p_lines = []
     rules: list[_Rule] = []
     seen: set[tuple[str, ...]] = set()
-    for r in p_rules:
+    for i, r in enumerate(p_rules):
         line = ("p", *r)
         if line in seen:  # reported once, as a duplicate
             continue
         seen.add(line)
-        numbers = lines.get(line, [])
-        where = f"{policy_path.name}:{numbers[0]}" if numbers else policy_path.name
+        where = p_lines[i].where if p_lines else policy_path.name
         rules.append(_Rule(fields=dict(zip(tokens, r, strict=False)), line=line, where=where))
     problems: list[Problem] = []
     problems += _duplicates(lines, policy_path)
     if default_model:
         problems += _unreachable(rules, g_rules, config)
         problems += _unreachable_members(g_rules, lines, policy_path)
+        problems += _namespace_mixing(scanned)
     else:
         notes.append(f"custom model {model_path.name}: rule-shape checks skipped (subjects, "
                      "objects and actions may mean something else); shadowing and route "
@@ -327,6 +386,30 @@ def _unreachable_members(g_rules: Sequence[Sequence[str]],
             f"{path.name}:{numbers[0]}" if numbers else path.name,
             f"[{', '.join(line)}] can never apply: member {g[0]!r} is no caller's principal "
             "and no g rule grants it"))
+    return out
+
+
+#: Subjects only a verified certificate produces, and role names a token can claim.
+_CERTIFICATE_SUBJECTS = ("spiffe://", "uri:", "dns:", "sha256:")
+_TOKEN_ROLES = ("role:", "scope:", "group:")
+
+
+def _namespace_mixing(lines: Sequence[PolicyLine]) -> list[Problem]:
+    """Warnings: ``g`` lines that give a certificate subject a token-claimable role."""
+    out = []
+    for line in lines:
+        if line.key != "g" or len(line.values) < 2:
+            continue
+        member, role = line.values[0], line.values[1]
+        if member.startswith(_CERTIFICATE_SUBJECTS) and role.startswith(_TOKEN_ROLES):
+            kind = role.split(":", 1)[0]
+            out.append(Problem(
+                line.where,
+                f"[{', '.join(('g', *line.values))}] gives the certificate subject "
+                f"{member!r} the role {role!r}, a name in the token namespace: every token "
+                f"carrying that {kind} is granted the same rules, through any workload; "
+                "name workload roles outside it (e.g. 'workload:<name>')",
+                warning=True))
     return out
 
 

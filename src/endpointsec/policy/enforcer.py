@@ -41,6 +41,13 @@ import casbin
 from endpointsec.errors import ConfigurationError
 from endpointsec.facts import PolicyResult
 from endpointsec.policy.paths import PathNormalizer, PathOptions
+from endpointsec.policy.rules import (
+    DEFAULT_KEYS,
+    PolicyLine,
+    check_rules,
+    read_policy_file,
+    refused,
+)
 
 __all__ = ["DEFAULT_MODEL_PATH", "CasbinPolicy"]
 
@@ -232,36 +239,34 @@ class _IndexedSnapshot(_Snapshot):
     kind = "indexed"
 
     def __init__(self, *, p_rules: Sequence[Sequence[str]],
-                 g_rules: Sequence[Sequence[str]], cache_size: int, source: str) -> None:
+                 g_rules: Sequence[Sequence[str]], cache_size: int, source: str,
+                 p_where: Sequence[str] | None = None,
+                 g_where: Sequence[str] | None = None) -> None:
         super().__init__(cache_size=cache_size)
+        # -- loading: every problem of every rule at once, each with its place
+        # (``policy.csv:12`` when the file was scanned, else the rule's index). Rules
+        # with their places (p_where) come from a file scan that already checked them.
+        findings = [] if p_where is not None else check_rules(
+            [PolicyLine(p_where[i] if p_where else f"{source}: policy rule {i + 1}",
+                        "p", tuple(line)) for i, line in enumerate(p_rules)]
+            + [PolicyLine(g_where[i] if g_where else f"{source}: role rule {i + 1}",
+                          "g", tuple(line)) for i, line in enumerate(g_rules)])
+        if findings:
+            raise refused(source, findings)
         compiled: dict[str, Matcher] = {}
         index: dict[tuple[str, str], dict[str, _Bucket]] = {}
         for i, line in enumerate(p_rules):
-            if len(line) != 5:
-                raise ConfigurationError(
-                    f"{source}: policy rule {i + 1} ({', '.join(['p', *line])[:120]}) "
-                    f"has {len(line)} values after 'p'; the default model needs 5: "
-                    "subject, domain, object, action, allow|deny",
-                    key="policy.policy",
-                )
             sub, dom, obj, act, eft = line
-            if eft not in ("allow", "deny"):
-                raise ConfigurationError(
-                    f"{source}: policy rule {i + 1} has effect {eft[:40]!r}; "
-                    "use 'allow' or 'deny'", key="policy.policy")
             if not _is_literal(obj) and obj not in compiled:
-                compiled[obj] = self._matcher(obj, f"{source}: policy rule {i + 1}")
+                where = p_where[i] if p_where else f"{source}: policy rule {i + 1}"
+                compiled[obj] = self._matcher(obj, where)
             rule = _Rule(index=i, sub=sub, dom=dom, obj=obj, act=act, deny=eft == "deny")
             index.setdefault((sub, dom), {}).setdefault(act, _Bucket()).add(rule, compiled)
         edges: dict[str, dict[str, list[str]]] = {}
-        for i, line in enumerate(g_rules):
-            if len(line) != 3:
-                raise ConfigurationError(
-                    f"{source}: role rule {i + 1} ({', '.join(['g', *line])[:120]}) has "
-                    f"{len(line)} values after 'g'; the default model needs 3: user, role, "
-                    "domain ('*' for every domain)", key="policy.policy")
+        for line in g_rules:
             user, role, dom = line
             edges.setdefault(dom, {}).setdefault(user, []).append(role)
+        # -- end of loading ------------------------------------------------------------
         self._index = index
         self._edges = edges
         self._reach_cache: dict[tuple[str, str], frozenset[str]] = {}
@@ -640,6 +645,12 @@ class CasbinPolicy:
             raise ConfigurationError("no policy configured: give a policy file or an adapter "
                                      "(or allow_authenticated = true)", key="policy")
         source = str(self._policy_path) if self._policy_path is not None else "adapter"
+        # A policy file is scanned first, line by line as Casbin splits it: every problem
+        # is reported at once with its line number, and lines Casbin would skip or
+        # misread (unknown rule types, quotes, unbalanced brackets) are refused.
+        scanned: list[PolicyLine] | None = None
+        if self._adapter is None and self._policy_path is not None:
+            scanned = self._scan_policy_file(self._policy_path, default=default)
         if default:
             rules = (_check_rule_types(self._policy_path)
                      if self._adapter is None and self._policy_path is not None else None)
@@ -656,10 +667,19 @@ class CasbinPolicy:
                 raise ConfigurationError(f"policy could not be loaded from {source}: "
                                          f"{type(exc).__name__}: {exc}",
                                          key="policy.policy") from None
+            p_rules = [list(r) for r in model.model["p"]["p"].policy]
+            g_rules = [list(r) for r in model.model["g"]["g"].policy]
+            p_where = g_where = None
+            if scanned is not None:
+                p_lines = [ln for ln in scanned if ln.key == "p"]
+                g_lines = [ln for ln in scanned if ln.key == "g"]
+                if ([list(ln.values) for ln in p_lines] == p_rules
+                        and [list(ln.values) for ln in g_lines] == g_rules):
+                    p_where = [ln.where for ln in p_lines]
+                    g_where = [ln.where for ln in g_lines]
             return _IndexedSnapshot(
-                p_rules=[list(r) for r in model.model["p"]["p"].policy],
-                g_rules=[list(r) for r in model.model["g"]["g"].policy],
-                cache_size=self._cache_size, source=source,
+                p_rules=p_rules, g_rules=g_rules, cache_size=self._cache_size,
+                source=source, p_where=p_where, g_where=g_where,
             )
         try:
             enforcer = casbin.Enforcer(str(self._model_path), adapter)
@@ -668,6 +688,32 @@ class CasbinPolicy:
                 f"Casbin could not load model {self._model_path} with policy from {source}: "
                 f"{type(exc).__name__}: {exc}", key="policy.model") from None
         return _EnforcerSnapshot(enforcer=enforcer, cache_size=self._cache_size)
+
+    def _scan_policy_file(self, path: Path, *, default: bool) -> list[PolicyLine]:
+        """The rules of ``path`` with their line numbers; raises with every problem."""
+        keys: frozenset[str] = DEFAULT_KEYS
+        if not default and self._model_path is not None:
+            model = casbin.Model()
+            try:
+                model.load_model(str(self._model_path))
+            except Exception as exc:
+                raise ConfigurationError(
+                    f"Casbin could not load model {self._model_path}: "
+                    f"{type(exc).__name__}: {exc}", key="policy.model") from None
+            keys = frozenset(k for sec in ("p", "g") if sec in model.model
+                             for k in model.model[sec])
+            if "p" not in keys:  # not a usable model: Casbin's own error says why
+                return []
+        try:
+            lines, findings = read_policy_file(path, keys=keys, check_quotes=default)
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read {path}: {exc.strerror or exc}",
+                                     key="policy.policy") from None
+        if default:
+            findings += check_rules(lines)
+        if findings:
+            raise refused(str(path), findings)
+        return lines
 
     def reload(self) -> None:
         """Reload the model and policy now and swap them in atomically.
