@@ -96,7 +96,7 @@ POLICY_SAME_ANSWERS = "# reordered, one unrelated rule more\n" + "".join(
 CORRUPT_POLICIES = [
     ("too-few-fields", b"p, web, *, /admin/*\n", "has 3 values after 'p'"),
     ("truncated-mid-line", POLICY.encode()[:40], "has 2 values after 'p'"),
-    ("not-utf8", b"\xff\xfe\x00p, web\n", "line 1 is not UTF-8"),
+    ("not-utf8", b"\xff\xfe\x00p, web\n", "policy.csv:1: is not UTF-8"),
     ("deny-rule-type-damaged", POLICY.replace("p, web, *, /admin/*, GET, deny",
                                               "q, web, *, /admin/*, GET, deny").encode(),
      "has rule type 'q'"),
