@@ -141,10 +141,6 @@ def test_failing_endpoint_keeps_the_last_good_keys_then_fails_closed(
         assert status(http, url, issuer.forged(sub="mallory")) == 401
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a token verified once stays in the verified-token cache until its exp, even after "
-    "its issuer's keys are past jwks_ttl + jwks_max_stale (503 for every other token); "
-    "fix: bound a cache entry by the key set's usable-until time as well as exp"))
 def test_cached_token_is_not_allowed_after_the_keys_went_stale(
         pki: FaultsPki, issuer: RotatingIssuer, endpoint: JWKSEndpoint,
         policy_file: Path) -> None:

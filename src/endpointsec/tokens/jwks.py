@@ -180,6 +180,14 @@ class RemoteKeySource:
             return ks
         return None
 
+    def usable_until(self) -> float | None:
+        """The instant (on this source's monotonic clock) after which the keys fetched
+        so far may no longer be used; ``None`` before the first fetch. A token verified
+        with them may be remembered until then, not longer."""
+        if self._keys is None:
+            return None
+        return self._fetched_at + self.config.jwks_ttl + self.config.jwks_max_stale
+
     def _lookup(self, kid: str | None, alg: str) -> tuple[VerificationKey | None, bool, float]:
         """``(key, must_fetch, now)``; raises when the kid is unknown within the cooldown."""
         now = self._clock()

@@ -111,6 +111,7 @@ class JWTVerifier:
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self._clock = clock
+        self._monotonic = monotonic
         self._cache = VerifiedTokenCache(max_size=config.cache_size, clock=clock)
         self._loop = BackgroundLoop()
         self._max_bytes = config.max_token_bytes
@@ -212,8 +213,18 @@ class JWTVerifier:
             cnf_x5t_s256=cnf_x5t,
             claims=MappingProxyType(claims),
         )
-        self._cache.put(token, principal, expires_at=exp)
+        self._cache.put(token, principal, expires_at=self._remember_until(exp, issuer))
         return principal
+
+    def _remember_until(self, exp: float, issuer: _Issuer) -> float:
+        """A verified token is remembered until its ``exp``, and never past the moment
+        its issuer's fetched keys stop being usable (then the next request re-verifies,
+        and gets a 503 if no fresh keys can be had)."""
+        usable_until = getattr(issuer.keys, "usable_until", None)
+        until = usable_until() if callable(usable_until) else None
+        if not isinstance(until, float | int):
+            return exp
+        return min(exp, self._clock() + (float(until) - self._monotonic()))
 
     def _check_times(self, claims: Mapping[str, Any], cfg: IssuerConfig) -> float:
         exp = check_time_claim(claims, "exp")
