@@ -322,11 +322,12 @@ CASES = (
 
 
 def bench_stack(st: Stack, n_lines: int, *, quick: bool, cold: bool = True,
-                cases: Sequence[tuple[str, str, bool, bool, int]] = CASES
-                ) -> list[dict[str, Any]]:
-    """Cold, miss, deny-miss and steady figures for one stack and policy size."""
-    n = 2000 if quick else 10000
-    repeats = 3 if quick else 5
+                cases: Sequence[tuple[str, str, bool, bool, int]] = CASES,
+                n: int | None = None, repeats: int | None = None) -> list[dict[str, Any]]:
+    """Cold, miss, deny-miss and steady figures for one stack and policy size (``n``
+    calls per timed loop, ``repeats`` alternating loops: defaults by ``quick``)."""
+    n = n or (2000 if quick else 10000)
+    repeats = repeats or (3 if quick else 5)
     label = "" if st.source == "tls" else f", forwarded {st.source}"
     rows: list[dict[str, Any]] = []
     mw: Any = None
@@ -367,22 +368,25 @@ def bench_stack(st: Stack, n_lines: int, *, quick: bool, cold: bool = True,
 
 def bench_size(m: h.Material, policy: Path, n_lines: int, *, quick: bool,
                kinds: Sequence[str] = ("asgi", "wsgi"), forwarded: bool = False,
-               tokens: Sequence[str] = ()) -> list[dict[str, Any]]:
+               tokens: Sequence[str] = (), n: int | None = None,
+               repeats: int | None = None) -> list[dict[str, Any]]:
     """All cases for one policy size (and the forwarded-certificate misses when
     ``forwarded``)."""
+    sizing = {"n": n, "repeats": repeats}
     rows: list[dict[str, Any]] = []
     for kind in kinds:
         build_stack = asgi_stack if kind == "asgi" else wsgi_stack
         source = "asgi-tls" if kind == "asgi" else "wsgi-environ"
         cfg = h.write_config(m, f"micro-{kind}-{n_lines}", policy=policy, source=source)
-        rows.extend(bench_stack(build_stack(m, cfg, tokens=tokens), n_lines, quick=quick))
+        rows.extend(bench_stack(build_stack(m, cfg, tokens=tokens), n_lines, quick=quick,
+                                **sizing))
         if forwarded:
             for fwd in ("nginx", "client-cert"):
                 cfg = h.write_config(m, f"micro-{kind}-{n_lines}-{fwd}", policy=policy,
                                      source=fwd)
                 st = build_stack(m, cfg, source=fwd, tokens=tokens)
                 rows.extend(bench_stack(st, n_lines, quick=quick, cold=False,
-                                        cases=CASES[:1]))
+                                        cases=CASES[:1], **sizing))
     return rows
 
 
