@@ -929,6 +929,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                            keepalive=plan.mode == "keepalive"),
                             encoding="utf-8")
             scripts[plan.name] = path
+        phases: dict[str, float] = {"material": time.monotonic() - t0}
+        t0 = time.monotonic()
         try:
             for s in setups:
                 missing = [t for t in s.needs if shutil.which(t) is None
@@ -953,6 +955,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 running.append(r)
                 print(f"[{s.key}] {s.label}: ready on {r.port} {r.probes}", flush=True)
 
+            phases["start and probes"] = time.monotonic() - t0
+            t0 = time.monotonic()
             for i, plan in enumerate(the_plans):
                 script = scripts[plan.name]
                 if i == 0:
@@ -977,11 +981,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             for proc in ctx.procs:
                 proc.stop()
+        phases["load runs"] = time.monotonic() - t0
+        t0 = time.monotonic()
         if not args.no_micro:
             import micro as micro_bench
 
             print("micro-benchmark ...", flush=True)
             micro = micro_bench.run(m, sizes=micro_sizes, quick=args.quick)
+            phases["micro-benchmark"] = time.monotonic() - t0
     keys = [r.setup.key for r in running]
     summaries = {p.name: summarize(samples, keys, p.name) for p in the_plans}
     ratio_rows = {p.name: ratios(samples, summaries[p.name], p.name) for p in the_plans}
@@ -1031,6 +1038,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     flagged = sorted({k for s in summaries.values() for k, r in s.items() if r["problems"]})
     if flagged:
         print(f"FLAGGED (statuses not as expected): {', '.join(flagged)}")
+    print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in phases.items()))
     print(f"report: {report}  ({time.time() - started:.0f} s)")
     return 0
 
