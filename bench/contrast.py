@@ -898,7 +898,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if shutil.which(tool) is None:
             print(f"{tool} is not installed (apt-get install wrk)", file=sys.stderr)
             return 2
-    micro_sizes = (10, 1000) if args.quick else (10, 1000, 100_000)
+    micro_sizes = (1000,) if args.quick else (10, 1000, 100_000)
     server_cpus, client_cpus = _pinning(args.pin)
     extra = parse_extra(args.extra_config)
     with tempfile.TemporaryDirectory(prefix="endpointsec-bench-") as tmp:
@@ -962,7 +962,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if i == 0:
                     # Warm-up: lazy imports, connection pools, every token verified once.
                     for r in running:
-                        h.run_wrk(r.url, duration=2, connections=args.connections,
+                        h.run_wrk(r.url, duration=1 if args.quick else 2,
+                                  connections=args.connections,
                                   shim=shim if r.setup.tls else None, material=m,
                                   script=script, cpus=client_cpus)
                 for rnd in range(plan.rounds):

@@ -292,25 +292,25 @@ def wsgi_stack(m: h.Material, cfg: Path, *, source: str = "tls",
 
 
 def _warm_tokens(st: Stack, mw: Any) -> None:
-    """Every token of the pool through the middleware once (each on a new path)."""
+    """Every token of the pool through the middleware once (each on a new path), in
+    one loop."""
     one = st.make("GET", True, False)
-    for token in st.tokens:
-        if st.kind == "asgi":
-            header = (b"authorization", f"Bearer {token}".encode())
+    if st.kind == "asgi":
+        headers = [(b"authorization", f"Bearer {t}".encode()) for t in st.tokens]
 
-            def scope(i: int, header: tuple[bytes, bytes] = header) -> dict[str, Any]:
-                s = one(i)
-                s["headers"] = [*s["headers"][:-1], header]
-                return s
-            st.time(mw, scope, 1)
-        else:
-            value = f"Bearer {token}"
+        def scope(i: int) -> dict[str, Any]:
+            s = one(i)
+            s["headers"] = [*s["headers"][:-1], headers[i]]
+            return s
+        st.time(mw, scope, len(headers))
+    else:
+        values = [f"Bearer {t}" for t in st.tokens]
 
-            def environ(i: int, value: str = value) -> dict[str, Any]:
-                e = one(i)
-                e["HTTP_AUTHORIZATION"] = value
-                return e
-            st.time(mw, environ, 1)
+        def environ(i: int) -> dict[str, Any]:
+            e = one(i)
+            e["HTTP_AUTHORIZATION"] = values[i]
+            return e
+        st.time(mw, environ, len(values))
 
 
 #: (case, method, new path, token from the pool, expected status)
