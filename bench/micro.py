@@ -16,8 +16,8 @@ lines, measures per request:
   should cost no more than an allow;
 - **forwarded miss** (at the 1,000-line policy, or the largest size below it): the
   miss with the certificate forwarded by a trusted proxy instead of the TLS layer, read
-  through ``[proxy]``: nginx's escaped PEM (``X-SSL-Client-Cert``) and RFC 9440
-  ``Client-Cert`` (base64 DER);
+  through ``[proxy]``: nginx's escaped PEM (``X-SSL-Client-Cert``; verified again, and
+  with ``verify_again = false``) and RFC 9440 ``Client-Cert`` (base64 DER);
 - **steady** (secondary): the same request again and again (every cache warm);
 - **cold**: the first request of a new middleware (nothing cached), and the start-up
   (configuration read, policy loaded, middleware built).
@@ -321,6 +321,15 @@ CASES = (
 )
 
 
+#: Forwarded-certificate misses: (configuration source in harness.PROXY_SOURCES, the
+#: header format sent, a suffix for the case name).
+FORWARDED = (
+    ("nginx", "nginx", ""),
+    ("nginx-noverify", "nginx", " (verify_again = false)"),
+    ("client-cert", "client-cert", ""),
+)
+
+
 def bench_stack(st: Stack, n_lines: int, *, quick: bool, cold: bool = True,
                 cases: Sequence[tuple[str, str, bool, bool, int]] = CASES,
                 n: int | None = None, repeats: int | None = None) -> list[dict[str, Any]]:
@@ -332,7 +341,7 @@ def bench_stack(st: Stack, n_lines: int, *, quick: bool, cold: bool = True,
     rows: list[dict[str, Any]] = []
     mw: Any = None
     if cold:
-        cold_samples = 2 if (quick or n_lines >= 100_000) else 5
+        cold_samples = 1 if n_lines >= 100_000 else 2 if quick else 5
         startups: list[float] = []
         firsts: list[float] = []
         first = st.make("GET", False, False)
@@ -381,12 +390,13 @@ def bench_size(m: h.Material, policy: Path, n_lines: int, *, quick: bool,
         rows.extend(bench_stack(build_stack(m, cfg, tokens=tokens), n_lines, quick=quick,
                                 **sizing))
         if forwarded:
-            for fwd in ("nginx", "client-cert"):
-                cfg = h.write_config(m, f"micro-{kind}-{n_lines}-{fwd}", policy=policy,
-                                     source=fwd)
-                st = build_stack(m, cfg, source=fwd, tokens=tokens)
+            for config_source, header, suffix in FORWARDED:
+                cfg = h.write_config(m, f"micro-{kind}-{n_lines}-{config_source}",
+                                     policy=policy, source=config_source)
+                st = build_stack(m, cfg, source=header, tokens=tokens)
                 rows.extend(bench_stack(st, n_lines, quick=quick, cold=False,
-                                        cases=CASES[:1], **sizing))
+                                        cases=[(f"miss{suffix}", *CASES[0][1:])],
+                                        **sizing))
     return rows
 
 
@@ -413,7 +423,8 @@ def run(m: h.Material, *, sizes: Sequence[int], quick: bool,
     return rows
 
 
-_ORDER = ("miss", "deny miss", "miss, forwarded nginx", "miss, forwarded client-cert",
+_ORDER = ("miss", "deny miss", "miss, forwarded nginx",
+          "miss (verify_again = false), forwarded nginx", "miss, forwarded client-cert",
           "steady", "cold")
 
 
