@@ -814,7 +814,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workloads", default="mix,identical",
                    help="which workloads to run, in order (mix, identical)")
     p.add_argument("--duration", type=float, default=None,
-                   help="seconds per mix run (identical runs: 0.75x)")
+                   help="seconds per mix run (identical and handshake runs: 0.6x)")
     p.add_argument("--rounds", type=int, default=None, help="mix keep-alive rounds")
     p.add_argument("--identical-rounds", type=int, default=None)
     p.add_argument("--close-rounds", type=int, default=None,
@@ -879,7 +879,7 @@ def plans(args: argparse.Namespace) -> list[Plan]:
             out.append(Plan(mix, "keepalive", args.rounds, args.duration))
         elif w == "identical":
             out.append(Plan(h.IDENTICAL, "keepalive", args.identical_rounds,
-                            max(2.0, args.duration * 0.75)))
+                            max(2.0, args.duration * 0.6)))
         else:
             raise SystemExit(f"unknown workload {w!r} (mix, identical)")
     if args.close_rounds and "mix" in wanted:
