@@ -545,7 +545,7 @@ def _statuses(row: dict[str, Any]) -> str:
 
 def table(summary: dict[str, dict[str, Any]], labels: dict[str, str]) -> str:
     head = ("| # | configuration | req/s | p50 ms | p99 ms | CPU µs/req | app CPU µs/req "
-            "| proxy CPU µs/req | app RSS MiB | RSS MiB | statuses | req/s vs B | p99 vs B "
+            "| proxy + authz CPU µs/req | app RSS MiB | RSS MiB | statuses | req/s vs B | p99 vs B "
             "| CPU vs B |\n"
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|\n")
     rows = []
