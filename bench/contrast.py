@@ -922,13 +922,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         samples: list[Sample] = []
         micro: list[dict[str, Any]] = []
         the_plans = plans(args)
-        scripts = {}
-        for plan in the_plans:
-            path = root / f"{plan.name}.lua"
-            path.write_text(h.workload_lua(plan.workload, m.tokens,
-                                           keepalive=plan.mode == "keepalive"),
-                            encoding="utf-8")
-            scripts[plan.name] = path
+
+        def script_for(plan: Plan, rnd: int) -> Path:
+            """The wrk script of one round: every configuration gets the same requests
+            in a round, and each round (and the warm-up, ``rnd = -1``) other ones, so
+            that no round replays what an earlier one left in a cache."""
+            i = the_plans.index(plan)
+            path = root / f"{plan.name}-{rnd + 1}.lua"
+            if not path.exists():
+                path.write_text(h.workload_lua(plan.workload, m.tokens,
+                                               keepalive=plan.mode == "keepalive",
+                                               seed=1 + 1000 * i + (rnd + 1)),
+                                encoding="utf-8")
+            return path
+
         phases: dict[str, float] = {"material": time.monotonic() - t0}
         t0 = time.monotonic()
         try:
@@ -958,18 +965,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             phases["start and probes"] = time.monotonic() - t0
             t0 = time.monotonic()
             for i, plan in enumerate(the_plans):
-                script = scripts[plan.name]
                 if i == 0:
                     # Warm-up: lazy imports, connection pools, every token verified once.
                     for r in running:
                         h.run_wrk(r.url, duration=1 if args.quick else 2,
                                   connections=args.connections,
                                   shim=shim if r.setup.tls else None, material=m,
-                                  script=script, cpus=client_cpus)
+                                  script=script_for(plan, -1), cpus=client_cpus)
                 for rnd in range(plan.rounds):
                     order = running if rnd % 2 == 0 else running[::-1]
                     for r in order:
-                        smp = measure(r, m, shim, script, plan=plan, rnd=rnd,
+                        smp = measure(r, m, shim, script_for(plan, rnd), plan=plan, rnd=rnd,
                                       connections=args.connections, client_cpus=client_cpus)
                         samples.append(smp)
                         flag = f"  FLAGGED: {'; '.join(smp.problems)}" if smp.problems else ""

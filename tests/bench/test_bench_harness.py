@@ -311,6 +311,8 @@ def test_workload_lua_carries_the_tokens_and_the_mix(h: ModuleType) -> None:
     assert 'local deny_method = "DELETE"' in lua
     assert r'local extra = "Connection: close\r\n"' in lua
     assert "function response(status" in lua
+    assert "local seed = 1\n" in lua
+    assert "local seed = 7\n" in h.workload_lua(w, ["a", "b", "c"], seed=7)
     keepalive = h.workload_lua(h.IDENTICAL, ["only"])
     assert 'local extra = ""' in keepalive
     assert "local n_paths = 1\n" in keepalive
