@@ -3,13 +3,13 @@
 Every configuration serves the same tiny endpoint, ``GET /orders/{id}`` answering a
 small JSON body, so that the differences measured are the security layers alone.
 
-- :func:`bare` -- a pure ASGI app, no checks (configurations 1, 2, 5's reference, 6, 7's
-  upstream);
+- :func:`bare` -- a pure ASGI app, no checks, 200 to every request (configurations B,
+  N, HN, the upstream of H and X);
 - :func:`make_inproc` -- ``bare`` wrapped in :class:`endpointsec.ASGIMiddleware`, the
-  configuration read from ``$ENDPOINTSEC_BENCH_CONFIG`` (configurations 3, 5 and the
-  ext-authz service of 7);
+  configuration read from ``$ENDPOINTSEC_BENCH_CONFIG`` (configurations E, NE*, HE* and
+  the ext-authz service of X);
 - :func:`make_flask` / :func:`make_flask_inproc` -- the same endpoint in Flask, bare or
-  wrapped in :class:`endpointsec.WSGIMiddleware` (configuration 4 and its reference).
+  wrapped in :class:`endpointsec.WSGIMiddleware` (configurations WB and WE).
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ def make_flask() -> Any:
 
     app = Flask("bench")
 
-    @app.get("/orders/<order_id>")
+    # DELETE too: the mix's denied requests reach the bare app, which answers them 200.
+    @app.route("/orders/<order_id>", methods=["GET", "DELETE"])
     def order(order_id: str) -> tuple[bytes, int, dict[str, str]]:
         return BODY, 200, {"content-type": "application/json"}
 
