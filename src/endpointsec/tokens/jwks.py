@@ -30,10 +30,8 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urljoin, urlsplit
-
-import httpx
 
 from endpointsec.errors import ConfigurationError, KeySetUnavailable, TokenError
 from endpointsec.tokens.config import IssuerConfig, _check_url
@@ -44,6 +42,9 @@ from endpointsec.tokens.keys import (
     key_set_from_jwks,
     key_set_from_pem,
 )
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["BackgroundLoop", "KeySource", "RemoteKeySource", "StaticKeySource",
            "build_key_source"]
@@ -292,6 +293,8 @@ class RemoteKeySource:
 
     async def _fetch_once(self) -> None:
         started = self._last_attempt = self._clock()
+        import httpx  # only issuers with a key URL need it (and it is heavy to import)
+
         self.fetch_count += 1
         try:
             async with asyncio.timeout(self.config.jwks_timeout):
@@ -326,6 +329,8 @@ class RemoteKeySource:
                        url, message)
 
     async def _download(self) -> KeySet:
+        import httpx
+
         cfg = self.config
         async with httpx.AsyncClient(follow_redirects=False, trust_env=False, verify=self._tls,
                                      timeout=cfg.jwks_timeout) as client:
