@@ -50,10 +50,54 @@ def _config() -> Any:
 
 
 def make_inproc() -> Any:
-    """``bare`` behind the endpointsec ASGI middleware (a uvicorn ``--factory``)."""
+    """``bare`` behind the endpointsec ASGI middleware (a uvicorn ``--factory``).
+
+    With ``ENDPOINTSEC_BENCH_PROFILE=FILE`` the server process runs under cProfile and
+    writes its statistics to FILE when it exits (where does the time go in a loaded
+    server)."""
     import endpointsec
 
-    return endpointsec.ASGIMiddleware(bare, config=_config())
+    _profile_if_asked()
+    app = endpointsec.ASGIMiddleware(bare, config=_config())
+    _gc_if_asked()
+    return app
+
+
+def _gc_if_asked() -> None:
+    """``ENDPOINTSEC_BENCH_GC=freeze`` (``gc.freeze()`` once the app is built) or ``off``
+    (``gc.disable()``): what the garbage collector costs in a loaded server."""
+    import gc
+    import os
+
+    mode = os.environ.get("ENDPOINTSEC_BENCH_GC", "")
+    if mode == "freeze":
+        gc.collect()
+        gc.freeze()
+    elif mode == "off":
+        gc.disable()
+
+
+def _profile_if_asked() -> None:
+    import atexit
+    import cProfile
+    import os
+
+    target = os.environ.get("ENDPOINTSEC_BENCH_PROFILE")
+    if not target:
+        return
+    import threading
+    import time
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+
+    def dump() -> None:  # every second too: the harness may stop the server abruptly
+        while True:
+            time.sleep(1.0)
+            profiler.dump_stats(target)
+
+    threading.Thread(target=dump, daemon=True).start()
+    atexit.register(lambda: (profiler.disable(), profiler.dump_stats(target)))
 
 
 def make_flask() -> Any:
