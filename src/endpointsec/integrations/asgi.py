@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, MutableMapping
 from time import perf_counter_ns
 from typing import Any
@@ -91,7 +92,7 @@ class ASGIMiddleware:
         await send({
             "type": "http.response.start",
             "status": resp.status,
-            "headers": [(k.encode(), v.encode()) for k, v in resp.headers],
+            "headers": list(_encoded(resp.headers)),
         })
         await send({"type": "http.response.body", "body": resp.body})
 
@@ -107,8 +108,14 @@ class ASGIMiddleware:
             await send({
                 "type": "websocket.http.response.start",
                 "status": resp.status,
-                "headers": [(k.encode(), v.encode()) for k, v in resp.headers],
+                "headers": list(_encoded(resp.headers)),
             })
             await send({"type": "websocket.http.response.body", "body": resp.body})
         else:
             await send({"type": "websocket.close", "code": 1008})
+
+
+@functools.lru_cache(maxsize=128)
+def _encoded(headers: tuple[tuple[str, str], ...]) -> tuple[tuple[bytes, bytes], ...]:
+    """A refusal's headers as ASGI byte pairs (one per kind of refusal, built once)."""
+    return tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers)

@@ -6,6 +6,7 @@ may quote a certificate subject or a claim), a token, a header or a stack.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 
@@ -60,6 +61,16 @@ def error_response(decision: Decision, *, bearer: bool = False) -> ErrorResponse
     ``bearer`` says whether the service accepts bearer tokens at all (so a 401 also
     challenges for one).
     """
+    return _response(decision.status, decision.challenge, decision.oauth_error, bearer)
+
+
+@functools.lru_cache(maxsize=128)
+def _response(status: int, challenge: str | None, oauth_error: str | None,
+              bearer: bool) -> ErrorResponse:
+    """One response per kind of refusal, built once (a deny costs no more than an allow).
+    Every argument comes from a small fixed set (statuses, schemes, RFC 6750 codes)."""
+    decision = Decision(allowed=False, status=status, reason="", challenge=challenge,
+                        oauth_error=oauth_error)
     status = decision.status if decision.status in _BODIES else 403
     body = _BODIES[status]
     headers = [
