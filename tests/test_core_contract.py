@@ -150,3 +150,120 @@ def test_decide_route_allows_what_both_requirement_sets_allow() -> None:
     assert (narrowed.allowed, narrowed.status) == (False, 401)
     public = decide_route(facts(), policy, Requirements(public=True))
     assert (public.allowed, public.status) == (True, 200)
+
+
+class Rules:
+    """A policy of (action, domain, effect) rules for one resource, first deny wins;
+    ``subjects_out`` is what it reports as the subjects it considered."""
+
+    dry_run = False
+
+    def __init__(self, rules: list[tuple[str, str, str]], *, roles: frozenset[str] = frozenset(),
+                 raises: Exception | None = None,
+                 subjects_out: tuple[str, ...] | None = None) -> None:
+        self.rules = rules
+        self.roles = roles
+        self.raises = raises
+        self.subjects_out = subjects_out
+
+    def normalize(self, raw_path: str) -> str:
+        return raw_path
+
+    def roles_for(self, *, subjects: object, domain: str | None = None) -> frozenset[str]:
+        return self.roles
+
+    def evaluate(self, *, subjects: tuple[str, ...], resource: str, action: str,
+                 domain: str | None = None) -> PolicyResult:
+        if self.raises is not None:
+            raise self.raises
+        out = tuple(subjects) if self.subjects_out is None else self.subjects_out
+        matching = [r for r in self.rules if r[0] in (action, "*") and r[1] in (domain, "*")]
+        for r in matching:
+            if r[2] == "deny":
+                return PolicyResult(allowed=False, matched_rule=("p", *r), subjects=out,
+                                    reason=f"denied by {r}")
+        for r in matching:
+            return PolicyResult(allowed=True, matched_rule=("p", *r), subjects=out,
+                                reason=f"allowed by {r}")
+        return PolicyResult(allowed=False, subjects=out, reason="")
+
+
+def head(**kw: object) -> RequestFacts:
+    return facts(method="HEAD", principal=Principal(peer=PEER), **kw)
+
+
+@pytest.mark.parametrize(("rules", "f", "allowed", "why"), [
+    pytest.param([("*", "*", "allow"), ("GET", "*", "deny")], head(), False, "HEAD runs",
+                 id="get-denied-head-denied"),
+    pytest.param([("HEAD", "*", "allow")], head(), True, None,
+                 id="head-allowed-no-get-rule"),
+    pytest.param([("*", "*", "allow"), ("GET", "t1", "deny")], head(domain="t2"), True, None,
+                 id="get-denied-in-another-domain"),
+    pytest.param([("*", "*", "allow"), ("GET", "t1", "deny")], head(domain="t1"), False,
+                 "HEAD runs", id="get-denied-in-this-domain"),
+    pytest.param([("*", "*", "allow"), ("GET", "*", "deny")],
+                 facts(principal=Principal(peer=PEER)), True, None,
+                 id="post-unaffected-by-a-get-deny"),
+    pytest.param([("*", "*", "allow"), ("GET", "*", "deny")],
+                 head(requirements=Requirements(action="read")), True, None,
+                 id="route-action-override-is-not-head"),
+])
+def test_head_follows_get_rules(rules: list[tuple[str, str, str]], f: RequestFacts,
+                                allowed: bool, why: str | None) -> None:
+    d = decide(f, Rules(rules))
+    assert (d.allowed, d.status) == (allowed, 200 if allowed else 403)
+    if why is not None:
+        assert d.reason is not None and d.reason.startswith(why)
+        assert "denied by" in d.reason  # the GET rule's own reason is kept
+        assert d.matched_rule is not None and d.matched_rule[1] == "GET"
+
+
+def test_policy_error_decision_fields() -> None:
+    f = facts(principal=Principal(peer=PEER))
+    d = decide(f, Rules([], raises=RuntimeError("matcher exploded")))
+    assert (d.allowed, d.status) == (False, 403)
+    assert d.reason is not None and "RuntimeError" in d.reason and "matcher exploded" in d.reason
+    assert (d.resource, d.action, d.principal) == ("/orders", "POST", f.principal)
+    assert d.subjects == f.principal.subjects()
+
+
+@pytest.mark.parametrize("reported", [None, ()], ids=["policy-reports-subjects",
+                                                      "policy-reports-none"])
+def test_policy_deny_and_allow_decision_fields(reported: tuple[str, ...] | None) -> None:
+    f = facts(principal=Principal(peer=PEER))
+    subjects = f.principal.subjects()
+    deny = decide(f, Rules([("*", "*", "deny")], subjects_out=reported))
+    assert (deny.allowed, deny.status, deny.would_deny) == (False, 403, False)
+    assert (deny.resource, deny.action, deny.principal) == ("/orders", "POST", f.principal)
+    assert deny.matched_rule == ("p", "*", "*", "deny")
+    assert deny.subjects == subjects
+    nothing = decide(f, Rules([], subjects_out=reported))
+    assert nothing.reason and nothing.matched_rule is None and nothing.subjects == subjects
+    allow = decide(f, Rules([("*", "*", "allow")], subjects_out=reported))
+    assert (allow.allowed, allow.status) == (True, 200)
+    assert (allow.resource, allow.action, allow.principal) == ("/orders", "POST", f.principal)
+    assert allow.matched_rule == ("p", "*", "*", "allow")
+    assert allow.subjects == subjects
+    assert allow.reason == "allowed by ('*', '*', 'allow')"
+
+
+@pytest.mark.parametrize(("token", "oauth_error"), [
+    pytest.param(None, None, id="certificate-caller"),
+    pytest.param(TOKEN, "insufficient_scope", id="token-caller"),
+])
+def test_route_roles_refusal_fields(token: RequestPrincipal | None,
+                                    oauth_error: str | None) -> None:
+    f = facts(principal=Principal(peer=PEER, request=token),
+              requirements=Requirements(roles=frozenset({"ops"})))
+    subjects = f.principal.subjects()
+    d = decide(f, Rules([("*", "*", "allow")], subjects_out=()))
+    assert (d.allowed, d.status, d.would_deny) == (False, 403, False)
+    assert d.oauth_error == oauth_error
+    assert d.reason is not None and "ops" in d.reason
+    assert (d.resource, d.action, d.principal) == ("/orders", "POST", f.principal)
+    assert d.matched_rule == ("p", "*", "*", "allow")
+    assert d.subjects == subjects
+    dry = decide(replace(f, requirements=Requirements(roles=frozenset({"ops"}), dry_run=True)),
+                 Rules([("*", "*", "allow")]))
+    assert (dry.allowed, dry.status, dry.would_deny) == (True, 200, True)
+    assert dry.reason is not None and "ops" in dry.reason
