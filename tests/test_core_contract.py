@@ -83,6 +83,7 @@ def test_token_error_status_is_kept_when_it_is_a_refusal_status(error: EndpointS
                                                                  status: int) -> None:
     d = decide(facts(principal=Principal(peer=PEER), token_error=error), Allow())
     assert (d.allowed, d.status, d.challenge) == (False, status, "Bearer")
+    assert isinstance(d.reason, str) and d.reason
     # Only authentication errors carry an RFC 6750 error code.
     expected = "invalid_token" if isinstance(error, TokenError) else None
     assert d.oauth_error == expected
@@ -128,6 +129,9 @@ def test_refusal_fields(f: RequestFacts, status: int, challenge: str | None,
     assert (d.resource, d.action) == (f.path, f.method)
     assert isinstance(d.principal, Principal)
     assert d.principal.peer == (PEER if peer_kept else None)
+    if status == 401 and challenge == "Bearer":
+        # A token refusal keeps the token it refused (for the logs and explain).
+        assert d.principal.request == f.principal.request
     assert policy.calls == 0  # refused before the policy was asked
 
 
