@@ -1203,7 +1203,7 @@ def test_advisory_peer_validity_is_the_earliest_not_after_of_the_chain(
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    gk = world.gatekeeper(sources=["asgi-tls"], cache={"decisions_ttl": 0})
+    gk = world.gatekeeper(sources=["asgi-tls"])
     mw = ASGIMiddleware(app, gatekeeper=gk)
     chain = [leaf.cert_pem.decode(), *(c.public_bytes(Encoding.PEM).decode()
                                        for c in leaf.intermediates)]
