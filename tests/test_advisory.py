@@ -1553,3 +1553,387 @@ def test_advisory_large_cookies_are_never_remembered(world: World) -> None:
         tracemalloc.stop()
     # 200 requests carried 12.8 MiB of cookies; none of it may stay.
     assert grown < 1024 * 1024, grown
+
+
+# -- identity: federation, chain validity, forwarded headers -------------------------------
+
+
+SHOP_ADMIN = "spiffe://shop.local/ns/shop/sa/admin"
+PARTNER_APP = "spiffe://partner.local/ns/app/sa/api"
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Two trust domains, each with its own CA; a policy allowing one identity of each."""
+    d = tmp_path_factory.mktemp("federation")
+    shop, partner = CertificateAuthority.create(name="shop"), CertificateAuthority.create(
+        name="partner")
+    shop.write_bundle(d / "shop.pem")
+    partner.write_bundle(d / "partner.pem")
+    (d / "policy.csv").write_text(f"p, {SHOP_ADMIN}, *, /admin/*, *, allow\n"
+                                  f"p, {PARTNER_APP}, *, /partner/*, *, allow\n")
+    return {"dir": d, "shop": shop, "partner": partner}
+
+
+def _nginx_headers(cert: IssuedCertificate) -> list[tuple[bytes, bytes]]:
+    from urllib.parse import quote
+
+    return [(b"x-ssl-client-cert", quote(cert.cert_pem.decode(), safe="").encode()),
+            (b"x-ssl-client-verify", b"SUCCESS")]
+
+
+@pytest.mark.parametrize("verify_again", [True, False])
+def test_advisory_partner_ca_cannot_mint_ids_in_another_trust_domain_via_a_trusted_proxy(
+        federation: dict[str, Any], verify_again: bool) -> None:
+    """With per-trust-domain bundles, an identity in ``shop.local`` is anchored in the
+    shop bundle on every path. With ``verify_again = false`` the proxy's verification
+    (which trusts the partner CA too) was relied on, and a partner-minted
+    ``spiffe://shop.local/...`` certificate got a 200."""
+    d, shop, partner = federation["dir"], federation["shop"], federation["partner"]
+    config = Config.from_mapping({
+        "identity": {"trust_domains": {"shop.local": {"bundle": "shop.pem"},
+                                       "partner.local": {"bundle": "partner.pem"}}},
+        "proxy": {"trusted": ["127.0.0.1/32"], "sources": ["nginx"],
+                  "verify_again": verify_again},
+        "policy": {"policy": "policy.csv"},
+        "defaults": {"mtls": "required"},
+    }, base_dir=d)
+    rec = Recorder()
+    mw = ASGIMiddleware(rec.asgi, config=config)
+    client = Client(WSGIMiddleware(rec.wsgi, config=config))
+
+    def both(cert: IssuedCertificate, path: str) -> list[Result]:
+        scope = http_scope(path.encode(), headers=_nginx_headers(cert),
+                           client=("127.0.0.1", 40000))
+        env = {"REMOTE_ADDR": "127.0.0.1"}
+        return [run_asgi(mw, scope, rec),
+                wsgi_get(client, rec, path, environ_overrides=env,
+                         headers=[(k.decode(), v.decode()) for k, v in _nginx_headers(cert)])]
+
+    for result in both(partner.issue_client(spiffe_id=SHOP_ADMIN), "/admin/users"):
+        assert_refused(result, 401)
+    for result in both(shop.issue_client(spiffe_id=PARTNER_APP), "/partner/x"):
+        assert_refused(result, 401)
+    # Each CA still vouches for its own trust domain.
+    for result in both(shop.issue_client(spiffe_id=SHOP_ADMIN), "/admin/users"):
+        assert result.status == 200 and result.app_ran
+    for result in both(partner.issue_client(spiffe_id=PARTNER_APP), "/partner/x"):
+        assert result.status == 200 and result.app_ran
+
+
+def test_advisory_peer_validity_is_the_earliest_not_after_of_the_chain(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An intermediate that expires before the leaf bounds what is remembered about the
+    peer: ``PeerIdentity.not_after`` was the leaf's, and a verification cached until the
+    leaf's notAfter outlived the intermediate."""
+    import datetime as dt
+
+    from endpointsec.identity import verify as verify_module
+
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    inter_end = now + dt.timedelta(hours=1)
+    inter = world.ca.intermediate(name="short-lived intermediate", not_after=inter_end)
+    leaf = inter.issue_client(spiffe_id=ALICE, not_after=now + dt.timedelta(days=30))
+    seen: list[Any] = []
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        seen.append(scope["endpointsec"].principal.peer)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    gk = world.gatekeeper(sources=["asgi-tls"])
+    mw = ASGIMiddleware(app, gatekeeper=gk)
+    chain = [leaf.cert_pem.decode(), *(c.public_bytes(Encoding.PEM).decode()
+                                       for c in leaf.intermediates)]
+
+    def call() -> Result:
+        scope = http_scope(b"/files/report",
+                           extensions={"tls": {"client_cert_chain": chain,
+                                               "client_cert_error": None}})
+        return run_asgi(mw, scope, Recorder())
+
+    assert call().status == 200
+    assert seen[-1].not_after == inter_end
+    clock = [inter_end.timestamp() - 1]
+    monkeypatch.setattr(verify_module.time, "time", lambda: clock[0])
+    assert call().status == 200  # cached, still inside the intermediate's validity
+    clock[0] = inter_end.timestamp() + 1
+    assert_refused(call(), 401)  # past it: neither the cache nor the verifier accepts
+
+
+def _xfcc(cert: IssuedCertificate) -> str:
+    from urllib.parse import quote
+
+    return f'By=spiffe://proxy;Cert="{quote(cert.cert_pem.decode(), safe="")}"'
+
+
+def _traefik(cert: IssuedCertificate) -> str:
+    return "".join(cert.cert_pem.decode().splitlines()[1:-1])
+
+
+@pytest.fixture
+def proxied(world: World) -> Callable[[str], tuple[ASGIMiddleware, Client, Recorder]]:
+    def build(source: str) -> tuple[ASGIMiddleware, Client, Recorder]:
+        gk = world.gatekeeper(sources=[], proxy={"trusted": ["127.0.0.1/32"],
+                                                 "sources": [source]})
+        rec = Recorder()
+        return (ASGIMiddleware(rec.asgi, gatekeeper=gk),
+                Client(WSGIMiddleware(rec.wsgi, gatekeeper=gk)), rec)
+    return build
+
+
+@pytest.mark.parametrize(("source", "header", "encode"), [
+    pytest.param("xfcc", "x-forwarded-client-cert", _xfcc, id="xfcc"),
+    pytest.param("traefik", "x-forwarded-tls-client-cert", _traefik, id="traefik"),
+])
+def test_advisory_repeated_certificate_header_lines_are_refused(
+        world: World, proxied: Callable[[str], tuple[ASGIMiddleware, Client, Recorder]],
+        source: str, header: str, encode: Callable[[IssuedCertificate], str]) -> None:
+    """A certificate header from a trusted proxy must be one line. Several lines were
+    joined into one list: a client line left beside the proxy's could become the
+    caller (the last XFCC element; Traefik's leaf), here the admin's public certificate
+    without its key."""
+    mw, client, rec = proxied(source)
+    forged, real = encode(world.admin), encode(world.alice)
+    peer = {"client": ("127.0.0.1", 40000)}
+    one = http_scope(b"/admin/users", headers=[(header.encode(), real.encode())], **peer)
+    assert_refused(run_asgi(mw, one, rec), 403)  # alice: authenticated, not an admin
+    for lines in ([real, forged], [forged, real], [real, ""], ["", real]):
+        scope = http_scope(b"/admin/users",
+                           headers=[(header.encode(), v.encode()) for v in lines], **peer)
+        assert_refused(run_asgi(mw, scope, rec), 401)
+    # WSGI: the server joined the lines (gunicorn with ",", werkzeug with ", ").
+    key = "HTTP_" + header.upper().replace("-", "_")
+    for joined in (f"{forged},{real}", f"{real}, {forged}", f"{real},", f", {real}"):
+        if source == "xfcc" and joined in (f"{forged},{real}", f"{real}, {forged}"):
+            continue  # two whole XFCC elements read as two hops (documented limit)
+        env = {"REMOTE_ADDR": "127.0.0.1", key: joined}
+        assert_refused(wsgi_get(client, rec, "/admin/users", environ_overrides=env), 401)
+    env = {"REMOTE_ADDR": "127.0.0.1", key: real}
+    assert_refused(wsgi_get(client, rec, "/admin/users", environ_overrides=env), 403)
+
+
+def test_advisory_pki_key_files_are_private_and_never_written_through_a_symlink(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``endpointsec pki`` left an existing key file's mode as it was (``--force`` over a
+    0644 ``ca.key`` kept it world-readable) and followed a symlink planted at the key's
+    name, overwriting (or creating) the file it pointed to."""
+    import os
+    import stat
+
+    from endpointsec.cli import main
+
+    def mode(p: Path) -> int:
+        return stat.S_IMODE(os.lstat(p).st_mode)
+
+    d = tmp_path / "pki"
+    d.mkdir()
+    (d / "ca.key").write_bytes(b"old")
+    os.chmod(d / "ca.key", 0o644)
+    assert main(["pki", "init", "--dir", str(d), "--force"]) == 0
+    assert mode(d / "ca.key") == 0o600
+    assert b"PRIVATE KEY" in (d / "ca.key").read_bytes()
+    # A narrower mode is kept, never widened.
+    (d / "server.key").write_bytes(b"old")
+    os.chmod(d / "server.key", 0o400)
+    assert main(["pki", "server", "--dir", str(d)]) == 0
+    assert mode(d / "server.key") == 0o400
+    assert b"PRIVATE KEY" in (d / "server.key").read_bytes()
+    # A symlink at a key's name is refused: an existing target or a dangling one.
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    (d / "orders.key").symlink_to(victim)
+    assert main(["pki", "client", "--dir", str(d), "--name", "orders"]) == 1
+    assert victim.read_bytes() == b"precious"
+    assert "symbolic link" in capsys.readouterr().err
+    other = tmp_path / "pki2"
+    other.mkdir()
+    (other / "ca.key").symlink_to(tmp_path / "created-elsewhere")
+    assert main(["pki", "init", "--dir", str(other), "--force"]) == 1
+    assert not (tmp_path / "created-elsewhere").exists()
+    assert not [p for p in d.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_advisory_wsgi_domain_header_with_underscore(world: World) -> None:
+    """``domain_header = "x_tenant"``: a WSGI server delivers the header as
+    ``HTTP_X_TENANT``, read back as ``x-tenant``, which never matched the configured
+    name, so every request ran with no tenant (tenant roles silently not applied)."""
+    gk = world.gatekeeper(sources=["wsgi-environ"],
+                          policy={"policy": "tenants.csv", "domain_header": "x_tenant"})
+    rec = Recorder()
+    client = Client(WSGIMiddleware(rec.wsgi, gatekeeper=gk))
+    result = wsgi_get(client, rec, "/admin/x", cert=world.alice,
+                      headers=[("X-Tenant", "tenant-a")])
+    assert result.status == 200 and result.app_ran
+
+
+# -- checks that no other test guarded -------------------------------------------------------
+
+
+def test_attack_two_sources_presenting_different_certificates(world: World) -> None:
+    """The TLS connection and a trusted proxy's header name two different leaves: which
+    one is the caller is ambiguous, so neither is (401)."""
+    gk = world.gatekeeper(sources=["asgi-tls"], proxy={"trusted": ["127.0.0.1/32"],
+                                                        "sources": ["xfcc"]})
+    rec = Recorder()
+    mw = ASGIMiddleware(rec.asgi, gatekeeper=gk)
+    peer = {"client": ("127.0.0.1", 40000)}
+    for tls, xfcc in ((world.alice, world.admin), (world.admin, world.alice)):
+        scope = http_scope(b"/items/1", cert=tls, headers=[
+            (b"x-forwarded-client-cert", _xfcc(xfcc).encode())], **peer)
+        assert_refused(run_asgi(mw, scope, rec), 401)
+    same = http_scope(b"/items/1", cert=world.alice, headers=[
+        (b"x-forwarded-client-cert", _xfcc(world.alice).encode())], **peer)
+    assert run_asgi(mw, same, rec).status == 200
+
+
+def _authenticated_world(world: World, **overrides: Any) -> Gatekeeper:
+    """Every authenticated caller is allowed: a refusal can only come from
+    authentication."""
+    return world.gatekeeper(sources=["asgi-tls"], policy={"allow_authenticated": True},
+                            **overrides)
+
+
+def test_attack_certificate_does_not_authenticate_on_an_mtls_none_route(
+        world: World) -> None:
+    """``mtls = "none"``: a verified certificate is not a credential there; without a
+    token the caller is not authenticated (401)."""
+    gk = _authenticated_world(world, routes=[{"path": "/open/*", "mtls": "none",
+                                              "token": "optional"}])
+    rec = Recorder()
+    mw = ASGIMiddleware(rec.asgi, gatekeeper=gk)
+    assert_refused(run_asgi(mw, http_scope(b"/open/x", cert=world.alice), rec), 401)
+    token = world.issuer.issue(sub="u1")
+    scope = http_scope(b"/open/x", cert=world.alice,
+                       headers=[(b"authorization", f"Bearer {token}".encode())])
+    assert run_asgi(mw, scope, rec).status == 200
+
+
+def test_attack_rejected_certificate_on_an_mtls_optional_route_with_a_valid_token(
+        world: World) -> None:
+    """``mtls = "optional"``: a certificate may be absent, but one that was presented
+    and rejected is a 401, even beside a valid token."""
+    gk = _authenticated_world(world, defaults={"mtls": "optional", "token": "optional"})
+    rec = Recorder()
+    mw = ASGIMiddleware(rec.asgi, gatekeeper=gk)
+    token = world.issuer.issue(sub="u1")
+    bearer = [(b"authorization", f"Bearer {token}".encode())]
+    assert run_asgi(mw, http_scope(b"/x", headers=bearer), rec).status == 200
+    assert_refused(run_asgi(mw, http_scope(b"/x", cert=world.rogue, headers=bearer), rec),
+                   401)
+
+
+@pytest.mark.parametrize(("claims", "ok"), [
+    pytest.param({"nbf": -20, "exp": 10}, True, id="nbf-before-exp"),
+    pytest.param({"nbf": 20, "exp": 10}, False, id="nbf-after-exp-inside-leeway"),
+])
+def test_attack_token_nbf_after_exp_inside_the_leeway(world: World, claims: dict[str, int],
+                                                      ok: bool) -> None:
+    """``nbf`` after ``exp`` names no instant at which the token is valid; with a 60 s
+    leeway both are individually acceptable, and the token must still be refused."""
+    import time
+
+    gk = _authenticated_world(world, tokens={"issuers": [{
+        "issuer": world.issuer.issuer, "audiences": [world.issuer.audience],
+        "algorithms": [world.issuer.algorithm], "public_key": "issuer.pem", "leeway": 60,
+    }]}, defaults={"mtls": "optional", "token": "required"})
+    rec = Recorder()
+    mw = ASGIMiddleware(rec.asgi, gatekeeper=gk)
+    now = int(time.time())
+    token = world.issuer.issue(sub="u1", exp=now + claims["exp"], nbf=now + claims["nbf"])
+    result = run_asgi(mw, http_scope(b"/x", headers=[
+        (b"authorization", f"Bearer {token}".encode())]), rec)
+    if ok:
+        assert result.status == 200
+    else:
+        assert_refused(result, 401)
+
+
+def _respell(token: str, part: int, change: Callable[[str], str]) -> str:
+    parts = token.split(".")
+    parts[part] = change(parts[part])
+    return ".".join(parts)
+
+
+def _bump_unused_bits(segment: str) -> str:
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    assert len(segment) % 4 in (2, 3), "needs a segment with unused bits"
+    return segment[:-1] + alphabet[alphabet.index(segment[-1]) | 1]
+
+
+def test_attack_token_base64url_has_one_spelling(world: World) -> None:
+    """A JWS has one spelling: ``=`` padding and non-zero unused bits in the last
+    character (which decode to the same bytes) are refused, in every segment."""
+    gk = _authenticated_world(world, defaults={"mtls": "optional", "token": "required"})
+    rec = Recorder()
+    mw = ASGIMiddleware(rec.asgi, gatekeeper=gk)
+    # Find a token whose segments have unused bits, so both changes apply to each.
+    token = next(t for t in (world.issuer.issue(sub="u" * n) for n in range(1, 40))
+                 if all(len(p) % 4 in (2, 3) for p in t.split(".")))
+
+    def call(t: str) -> Result:
+        return run_asgi(mw, http_scope(b"/x", headers=[
+            (b"authorization", f"Bearer {t}".encode())]), rec)
+
+    assert call(token).status == 200
+    for part in range(3):
+        pad = "=" * (-len(token.split(".")[part]) % 4)
+        assert_refused(call(_respell(token, part, lambda s, pad=pad: s + pad)), 401)
+        assert_refused(call(_respell(token, part, _bump_unused_bits)), 401)
+
+
+@pytest.mark.parametrize("thumbprint", [
+    pytest.param(lambda t: t[:-1], id="42-chars"),
+    pytest.param(lambda t: t + "A", id="44-chars"),
+    pytest.param(lambda t: t + "=", id="padded"),
+    pytest.param(lambda t: t[:-1] + "B", id="non-canonical-last-char"),
+])
+def test_attack_token_cnf_thumbprint_of_the_wrong_shape(
+        world: World, thumbprint: Callable[[str], str]) -> None:
+    """``cnf.x5t#S256`` must be the 43-character base64url SHA-256 thumbprint; anything
+    else is refused, even if a prefix of it would match the certificate."""
+    import base64
+
+    gk = _authenticated_world(world, defaults={"mtls": "required", "token": "required"})
+    rec = Recorder()
+    mw = ASGIMiddleware(rec.asgi, gatekeeper=gk)
+    good = base64.urlsafe_b64encode(bytes.fromhex(world.alice.fingerprint_sha256)) \
+        .rstrip(b"=").decode()
+
+    def call(value: str) -> Result:
+        token = world.issuer.issue(sub="u1", cnf={"x5t#S256": value})
+        return run_asgi(mw, http_scope(b"/x", cert=world.alice, headers=[
+            (b"authorization", f"Bearer {token}".encode())]), rec)
+
+    assert call(good).status == 200
+    assert_refused(call(thumbprint(good)), 401)
+
+
+def test_attack_key_set_fetch_failure_is_503_not_401(world: World) -> None:
+    """A key set that cannot be fetched is our failure, not the caller's: 503 (retry
+    later), never a 401 that tells a client its valid token is bad, and never an
+    allow."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    gk = _authenticated_world(world, tokens={"issuers": [{
+        "issuer": world.issuer.issuer, "audiences": [world.issuer.audience],
+        "algorithms": [world.issuer.algorithm], "allow_http": True, "jwks_timeout": 1.0,
+        "jwks_url": f"http://127.0.0.1:{port}/jwks",
+    }]}, defaults={"mtls": "optional", "token": "required"})
+    token = world.issuer.issue(sub="u1")
+    rec = Recorder()
+    try:
+        mw = ASGIMiddleware(rec.asgi, gatekeeper=gk)
+        result = run_asgi(mw, http_scope(b"/x", headers=[
+            (b"authorization", f"Bearer {token}".encode())]), rec)
+        assert_refused(result, 503)
+        assert "www-authenticate" not in result.headers
+        client = Client(WSGIMiddleware(rec.wsgi, gatekeeper=gk))
+        result = wsgi_get(client, rec, "/x", headers=[("Authorization", f"Bearer {token}")])
+        assert_refused(result, 503)
+        assert "www-authenticate" not in {k.lower() for k in result.headers}
+    finally:
+        gk.close()

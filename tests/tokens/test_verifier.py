@@ -101,6 +101,17 @@ CLAIM_CASES = [
     pytest.param(_claims(scope={"a": 1}), "'scope'", id="scope-object"),
     pytest.param(_claims(cnf={"x5t#S256": 5}), "x5t#S256", id="cnf-not-string"),
     pytest.param(_claims(cnf={"x5t#S256": "abc"}), "x5t#S256", id="cnf-short"),
+    pytest.param(_claims(cnf={"x5t#S256": "A" * 42}), "x5t#S256", id="cnf-42-chars"),
+    pytest.param(_claims(cnf={"x5t#S256": "A" * 44}), "x5t#S256", id="cnf-44-chars"),
+    pytest.param(_claims(cnf={"x5t#S256": "A" * 42 + "="}), "x5t#S256", id="cnf-padded"),
+    pytest.param(_claims(cnf={"x5t#S256": "A" * 42 + "B"}), "x5t#S256",
+                 id="cnf-non-canonical-last-char"),
+    pytest.param(_claims(cnf={"x5t#S256": "A" * 41 + "+A"}), "x5t#S256", id="cnf-not-url-safe"),
+    pytest.param(_claims(cnf={"x5t#S256": "A" * 41 + "\u00e9A"}), "x5t#S256",
+                 id="cnf-non-ascii"),
+    pytest.param(_claims(cnf={"x5t#S256": "A" * 42 + "X"}), "x5t#S256",
+                 id="cnf-last-char-with-unused-bits"),
+    pytest.param(_claims(cnf={"x5t#S256": "A" * 43}), None, id="cnf-43-chars-ok"),
     pytest.param(_claims(cnf={"jkt": "abc"}), "cannot check", id="cnf-dpop-jkt"),
     pytest.param(_claims(cnf="x"), "'cnf' must be", id="cnf-not-object"),
     pytest.param(_claims(exp=NOW - 29), None, id="exp-within-leeway-ok"),
@@ -235,6 +246,18 @@ def test_no_kid_with_several_keys_is_rejected(verifier: JWTVerifier, rsa_key: Si
     v = make_verifier(issuer_config(jwks_file=path))
     with pytest.raises(TokenError, match="no 'kid'"):
         v.verify(rsa_key.sign(kid=False))
+
+
+def test_averify_selects_the_key_by_kid_and_caches(make_verifier: Any, tmp_path: Path,
+                                                   rsa_key: Signer, rsa_key2: Signer) -> None:
+    path = tmp_path / "two.json"
+    path.write_text(json.dumps({"keys": [rsa_key.public_jwk(), rsa_key2.public_jwk()]}))
+    v = make_verifier(issuer_config(jwks_file=path))
+    token = rsa_key2.sign()
+    first = asyncio.run(v.averify(token))
+    assert first.subject == "user-1"
+    assert asyncio.run(v.averify(token)) is first  # cached under the token itself
+    assert v.verify(token) is first
 
 
 def test_hmac_issuer_with_local_jwks(make_verifier: Any, tmp_path: Path) -> None:

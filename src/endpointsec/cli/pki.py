@@ -7,7 +7,9 @@
     endpointsec pki client --dir pki --name orders \\
         --spiffe-id spiffe://shop.local/ns/shop/sa/orders
 
-For demos and tests only: keys are written unencrypted (mode 0600).
+For demos and tests only: keys are written unencrypted, mode 0600 (an existing key
+file's narrower mode is kept). No file is written through a symbolic link: a link at
+a target name is an error.
 
 ``--spiffe-id`` must be a valid SPIFFE ID (``spiffe://<trust domain>/<path>``); a URI
 that is not one goes in with ``--uri-san``.
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +89,11 @@ def _spiffe_id(value: str) -> str:
             "goes in with --uri-san)") from None
 
 
+def _refused(exc: OSError) -> int:
+    print(f"endpointsec pki: {exc}", file=sys.stderr)
+    return 1
+
+
 def _load_ca(directory: Path) -> CertificateAuthority:
     cert, key = directory / "ca.pem", directory / "ca.key"
     if not cert.exists() or not key.exists():
@@ -93,11 +102,14 @@ def _load_ca(directory: Path) -> CertificateAuthority:
 
 
 def _init(args: argparse.Namespace) -> int:
-    if (args.dir / "ca.key").exists() and not args.force:
+    if os.path.lexists(args.dir / "ca.key") and not args.force:
         print(f"endpointsec pki: {args.dir / 'ca.key'} exists (use --force to replace it)")
         return 1
     ca = CertificateAuthority.create(name=args.name, key_kind=args.key)
-    cert, key = ca.write(args.dir)
+    try:
+        cert, key = ca.write(args.dir)
+    except OSError as exc:
+        return _refused(exc)
     print(f"CA certificate (trust bundle): {cert}\nCA key:                        {key}")
     return 0
 
@@ -105,7 +117,10 @@ def _init(args: argparse.Namespace) -> int:
 def _server(args: argparse.Namespace) -> int:
     ca = _load_ca(args.dir)
     issued = ca.issue_server(hostnames=args.hosts or ["localhost", "127.0.0.1"])
-    cert, key = issued.write(args.dir, args.name)
+    try:
+        cert, key = issued.write(args.dir, args.name)
+    except OSError as exc:
+        return _refused(exc)
     print(f"server certificate: {cert}\nserver key:         {key}")
     return 0
 
@@ -117,7 +132,10 @@ def _client(args: argparse.Namespace) -> int:
         spiffe_id=args.spiffe_id, uris=args.uri, dns_names=args.dns, common_name=args.cn,
         organizational_units=args.ou, not_after=now + dt.timedelta(days=args.days),
     )
-    cert, key = issued.write(args.dir, args.name)
+    try:
+        cert, key = issued.write(args.dir, args.name)
+    except OSError as exc:
+        return _refused(exc)
     print(f"client certificate: {cert}\nclient key:         {key}\n"
           f"sha256 fingerprint: {issued.fingerprint_sha256}")
     return 0

@@ -8,6 +8,7 @@ Nothing here verifies a chain: :mod:`endpointsec.identity.verify` does, then cal
 from __future__ import annotations
 
 import binascii
+import datetime as dt
 from collections.abc import Sequence
 
 from cryptography import x509
@@ -19,6 +20,7 @@ from endpointsec.identity.spiffe import SpiffeId, parse_spiffe_id
 
 __all__ = [
     "MAX_CERTIFICATE_BYTES",
+    "earliest_not_after",
     "fingerprint_sha256",
     "load_certificates",
     "load_der_certificate",
@@ -147,6 +149,14 @@ def spiffe_id_of(uri_sans: Sequence[str], *, require_spiffe: bool) -> SpiffeId |
     return parse_spiffe_id(spiffe_like[0])
 
 
+def earliest_not_after(chain: Sequence[x509.Certificate]) -> dt.datetime:
+    """The earliest ``notAfter`` over ``chain`` (leaf, intermediates, anchor): the end
+    of the chain's validity, and so of anything remembered about it."""
+    if not chain:
+        raise CertificateError("empty certificate chain")
+    return min(c.not_valid_after_utc for c in chain)
+
+
 def peer_identity(
     chain: Sequence[x509.Certificate],
     *,
@@ -157,7 +167,9 @@ def peer_identity(
     """Build the :class:`PeerIdentity` of ``chain`` (leaf first).
 
     Only reads the certificate; call it on a verified chain (or, for ``identify``, on a
-    chain whose verification is explicitly trusted elsewhere).
+    chain whose verification is explicitly trusted elsewhere). ``not_after`` is the
+    earliest ``notAfter`` of the whole chain, not the leaf's: the identity holds only
+    while every certificate it rests on is valid.
     """
     if not chain:
         raise CertificateError("empty certificate chain")
@@ -174,7 +186,7 @@ def peer_identity(
         spiffe_id=spiffe,
         uri_sans=uris,
         dns_sans=dns,
-        not_after=leaf.not_valid_after_utc,
+        not_after=earliest_not_after(chain),
         source=source,
         chain=tuple(chain),
     )

@@ -15,6 +15,13 @@ of werkzeug's ``ProxyFix``:
   for one proxy); fewer elements than promised is an error (401), as is anything
   ambiguous (a header sent twice, a repeated key, ``Cert`` and ``Chain`` disagreeing,
   an XFCC ``Hash`` that is not the certificate's);
+- a certificate header must arrive as one line: several lines (ASGI hands them over
+  one by one) are refused, never joined, even when one of them is empty. A WSGI
+  server joins repeated lines with ``,`` before the app sees them; what the join leaves
+  visible is refused too (an empty XFCC element or Traefik certificate, a Traefik
+  "chain" with a second end-entity certificate), but two complete XFCC elements
+  cannot be told from a two-hop header: the proxy must replace a client's header,
+  never forward it beside its own;
 - where the proxy reports its own verification (nginx, HAProxy, the ALB in verify
   mode) it must say it verified;
 - the forwarded chain is verified again against the trust bundles unless
@@ -45,6 +52,8 @@ import re
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from cryptography import x509
 
 from endpointsec._config import Table
 from endpointsec._memo import Memo
@@ -430,12 +439,12 @@ class XFCCSource(ForwardedSource):
     name = "xfcc"
 
     def _build(self, values: list[list[str]]) -> PresentedCertificate | None:
-        lines = [v.strip(" \t") for v in values[0]]
-        if not any(lines):
+        # One header line: several (even one of them empty) are refused, never joined,
+        # or a line a client slipped in could become the element read as the caller.
+        value = self._single(values[0], "XFCC")
+        if value is None:
             return None
-        if not all(lines):
-            raise ForwardedCertificateError("XFCC header sent empty and non-empty")
-        elements = parse_xfcc(",".join(lines))
+        elements = parse_xfcc(value)
         if len(elements) < self.hops:
             raise ForwardedCertificateError(
                 f"XFCC has {len(elements)} element(s) but {self.hops} trusted hop(s) "
@@ -531,11 +540,34 @@ class TraefikSource(ForwardedSource):
     name = "traefik"
 
     def _build(self, values: list[list[str]]) -> PresentedCertificate | None:
-        lines = [v.strip(" \t") for v in values[0] if v.strip(" \t")]
-        if not lines:
+        value = self._single(values[0], "Traefik certificate")
+        if value is None:
             return None
-        certs = parse_traefik(",".join(lines))
+        certs = parse_traefik(value)
+        _only_issuers_after_the_leaf(certs, what="Traefik certificate")
         return self._presented(certs[0], certs[1:])
+
+
+def _only_issuers_after_the_leaf(certs: Sequence[bytes], *, what: str) -> None:
+    """Refuse a forwarded chain with a second end-entity certificate.
+
+    A WSGI server joins repeated header lines with ``,``, which is also the separator
+    of a Traefik chain: two lines (a client's and the proxy's) would read as a leaf and
+    an "intermediate". Every certificate after the leaf must be a CA certificate.
+    """
+    for der in certs[1:]:
+        try:
+            cert = x509.load_der_x509_certificate(der)
+            ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except x509.ExtensionNotFound:
+            ca = False
+        except ValueError:
+            raise ForwardedCertificateError(
+                f"{what}: a chain certificate cannot be parsed") from None
+        if not ca:
+            raise ForwardedCertificateError(
+                f"{what} holds a second end-entity certificate (header lines joined?); "
+                "ambiguous")
 
 
 class ALBSource(ForwardedSource):

@@ -8,7 +8,9 @@ from PEM files:
   IDs whose trust domain has no bundle of its own, if that domain is allowed);
 * ``trust_domains``: one bundle per SPIFFE trust domain (federation). A SPIFFE ID in
   trust domain ``X`` verifies only against ``X``'s bundle, so a CA trusted for one
-  domain cannot mint identities in another;
+  domain cannot mint identities in another. This holds on every path: with
+  ``trust_domains`` configured, :meth:`X509ChainVerifier.identify` (a proxy's
+  verification relied on) verifies the chain as well;
 * ``allowed_trust_domains``: the SPIFFE trust domains accepted at all.
 
 A ``cryptography`` verifier has its validation time frozen when it is built, so a new
@@ -46,6 +48,7 @@ from cryptography.x509.verification import (
 from endpointsec.errors import CertificateError, ConfigurationError
 from endpointsec.facts import PeerIdentity, PresentedCertificate
 from endpointsec.identity.certs import (
+    earliest_not_after,
     fingerprint_sha256,
     load_certificates,
     load_der_certificate,
@@ -209,8 +212,9 @@ class X509ChainVerifier:
     defaults) against the bundle that applies, then the identity rules (SPIFFE syntax,
     exactly one URI SAN for an SVID, ``require_spiffe``, the trust-domain allowlist),
     ``claimed_sha256`` and ``upstream_verified``. ``identify`` does the same without
-    the chain check. Every failure is a :class:`CertificateError` with a specific
-    message.
+    the chain check when there is one trust set; with ``trust_domains`` it verifies the
+    chain too (see :meth:`identify`). Every failure is a :class:`CertificateError` with
+    a specific message.
     """
 
     def __init__(self, *, config: IdentityConfig) -> None:
@@ -287,9 +291,10 @@ class X509ChainVerifier:
         )
         identity = peer_identity(chain, source=presented.source,
                                  require_spiffe=self._require_spiffe, fingerprint=fp)
-        expires_at = min(c.not_valid_after_utc.timestamp() for c in chain)
+        # One bound for both: the identity's not_after is the earliest notAfter of the
+        # verified chain (leaf, intermediates, anchor), and so is the cache entry's.
         self._cache_put(key, _Entry(identity=identity, bundle=bundle, version=version,
-                                    expires_at=expires_at))
+                                    expires_at=earliest_not_after(chain).timestamp()))
         return identity
 
     def identify(self, presented: PresentedCertificate) -> PeerIdentity:
@@ -298,7 +303,16 @@ class X509ChainVerifier:
         For a proxy whose own verification is explicitly trusted. The identity rules,
         the trust-domain allowlist, ``claimed_sha256``, ``upstream_verified`` and the
         leaf's validity period are still checked.
+
+        Only with a single trust set (``trust_bundles`` alone). With per-trust-domain
+        bundles (``trust_domains``) the proxy's word cannot say *which* anchor it used,
+        and a partner CA it trusts for its own domain could mint identities in ours:
+        the chain is then verified (:meth:`verify`) against the bundle of the
+        identity's trust domain, exactly as if the proxy's verification were not
+        relied on. Federation holds on every path.
         """
+        if self._domains:
+            return self.verify(presented)
         self._upstream_checks(presented)
         leaf = load_der_certificate(presented.leaf)
         intermediates = [load_der_certificate(d) for d in presented.intermediates]

@@ -19,9 +19,12 @@ What ``endpointsec pki`` wrote loads back, from paths or PEM text::
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import os
+import secrets
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +44,7 @@ __all__ = [
     "generate_key",
     "load_certificates",
     "load_private_key",
+    "safe_write",
 ]
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
@@ -81,6 +85,48 @@ def _ca_extensions(builder: x509.CertificateBuilder, key: PrivateKey) -> x509.Ce
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
                        critical=False)
     )
+
+
+def safe_write(path: Path, data: bytes, *, mode: int = 0o600) -> Path:
+    """Write ``data`` to ``path`` (a private key by default: mode ``0600``), safely.
+
+    The file is created next to ``path`` with ``O_CREAT | O_EXCL | O_NOFOLLOW`` and mode
+    ``mode``, written, then renamed over ``path``: no other user can read a partly
+    written key, and a symlink planted at ``path`` is refused (:class:`FileExistsError`),
+    never followed. An existing file's mode is never widened: if it is narrower
+    (``0400``), the new file keeps that mode.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if stat.S_ISLNK(st.st_mode):
+            raise FileExistsError(f"{path} is a symbolic link; refusing to write a key "
+                                  "through it")
+        if not stat.S_ISREG(st.st_mode):
+            raise FileExistsError(f"{path} exists and is not a regular file")
+        mode &= stat.S_IMODE(st.st_mode)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) \
+        | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(tmp, flags, mode)
+    try:
+        # The umask may have narrowed the mode further; it must never be wider.
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            fd = -1
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # replaces the name itself, never a link's target
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
 
 
 def _key_pem(key: PrivateKey) -> bytes:
@@ -184,14 +230,14 @@ class IssuedCertificate:
         return cls(certificate=chain[0], key=private_key, intermediates=chain[1:])
 
     def write(self, directory: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
-        """Write ``NAME.pem`` (leaf + intermediates) and ``NAME.key`` (mode 0600)."""
+        """Write ``NAME.pem`` (leaf + intermediates) and ``NAME.key`` (mode 0600, see
+        :func:`safe_write`)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         cert_path = directory / f"{name}.pem"
         key_path = directory / f"{name}.key"
-        cert_path.write_bytes(self.chain_pem)
-        key_path.touch(mode=0o600)
-        key_path.write_bytes(self.key_pem)
+        safe_write(cert_path, self.chain_pem, mode=0o644)
+        safe_write(key_path, self.key_pem)
         return cert_path, key_path
 
 
@@ -270,13 +316,13 @@ class CertificateAuthority:
         return cls(certificate=chain[0], key=private_key, path=chain[1:])
 
     def write(self, directory: str | os.PathLike[str], name: str = "ca") -> tuple[Path, Path]:
-        """Write ``NAME.pem`` (the CA certificate, a trust bundle) and ``NAME.key`` (0600)."""
+        """Write ``NAME.pem`` (the CA certificate, a trust bundle) and ``NAME.key`` (0600,
+        see :func:`safe_write`)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
-        cert_path.write_bytes(self.cert_pem)
-        key_path.touch(mode=0o600)
-        key_path.write_bytes(_key_pem(self.key))
+        safe_write(cert_path, self.cert_pem, mode=0o644)
+        safe_write(key_path, _key_pem(self.key))
         return cert_path, key_path
 
     @property
@@ -316,11 +362,14 @@ class CertificateAuthority:
         )
 
     def intermediate(self, *, name: str = "endpointsec intermediate CA",
-                     key_kind: str = "ec") -> CertificateAuthority:
+                     key_kind: str = "ec", not_before: dt.datetime | None = None,
+                     not_after: dt.datetime | None = None) -> CertificateAuthority:
+        """An intermediate CA under this one (valid for 180 days unless ``not_after``)."""
         key = generate_key(key_kind)
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        builder = self._builder(subject=subject, public_key=key.public_key(), not_before=None,
-                                not_after=dt.datetime.now(_UTC) + dt.timedelta(days=180))
+        builder = self._builder(
+            subject=subject, public_key=key.public_key(), not_before=not_before,
+            not_after=not_after or dt.datetime.now(_UTC) + dt.timedelta(days=180))
         cert = _ca_extensions(builder, key).sign(self.key, _hash_for(self.key))
         return CertificateAuthority(certificate=cert, key=key, path=(cert, *self.path))
 
