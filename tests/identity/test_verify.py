@@ -452,3 +452,44 @@ allow_authenticated = true
 """)
     with pytest.raises(ConfigurationError, match=r"identity\.trust_domains\.partner\.org\.bundle"):
         Gatekeeper.from_config(load_config(path))
+
+
+class _Clock:
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+    def time(self) -> float:
+        return self.at
+
+    def monotonic(self) -> float:
+        return self.at
+
+
+def test_identify_is_remembered_until_the_leaf_expires(
+        pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trusted proxy's certificate is identified once, then answered from the cache
+    (no DER parsing per request); the claimed hash is still checked on every hit, and
+    the answer ends at the leaf's notAfter."""
+    leaf = pki.ca.issue_client(spiffe_id=SID, not_after=NOW + dt.timedelta(hours=1))
+    clock = _Clock(NOW.timestamp())
+    monkeypatch.setattr(verify_module, "time", clock)
+    verifier = make(pki)
+    parsed: list[bytes] = []
+    real = verify_module.load_der_certificate
+
+    def counting(der: bytes) -> object:
+        parsed.append(der)
+        return real(der)
+
+    monkeypatch.setattr(verify_module, "load_der_certificate", counting)
+    first = verifier.identify(presented(leaf, upstream_verified=True))
+    again = verifier.identify(presented(leaf, source="other", upstream_verified=True))
+    assert first.id == again.id == SID and again.source == "other"
+    assert len(parsed) == 1
+    with pytest.raises(CertificateError, match="hash"):
+        verifier.identify(presented(leaf, upstream_verified=True, claimed_sha256="00" * 32))
+    with pytest.raises(CertificateError, match="not verified"):
+        verifier.identify(presented(leaf, upstream_verified=False))
+    clock.at += 2 * 3600
+    with pytest.raises(CertificateError, match="expired"):
+        verifier.identify(presented(leaf, upstream_verified=True))

@@ -199,7 +199,8 @@ class TrustBundle:
 @dataclass(frozen=True, slots=True)
 class _Entry:
     identity: PeerIdentity
-    bundle: TrustBundle
+    #: The bundle the chain was verified against (``None``: identified, not verified).
+    bundle: TrustBundle | None
     version: int
     #: Epoch seconds; the entry is used only strictly before this instant.
     expires_at: float
@@ -252,7 +253,7 @@ class X509ChainVerifier:
         self._require_spiffe = config.require_spiffe
         self._max_depth = config.max_chain_depth
         self._cache_size = config.cache_size
-        self._cache: dict[tuple[bytes, ...], _Entry] = {}
+        self._cache: dict[tuple[object, ...], _Entry] = {}
         self._cache_lock = threading.Lock()
 
     # -- public ---------------------------------------------------------------------
@@ -314,19 +315,33 @@ class X509ChainVerifier:
         if self._domains:
             return self.verify(presented)
         self._upstream_checks(presented)
+        # Remembered like a verification (the proxy sends the same certificate on every
+        # request), until the leaf's notAfter: nothing else here changes with time.
+        key = ("identify", presented.leaf, *presented.intermediates)
+        now_ts = time.time()
+        hit = self._cache_get(key, now_ts)
+        if hit is not None:
+            if presented.claimed_sha256 is not None:
+                _check_claim(presented.claimed_sha256, hit.fingerprint_sha256)
+            return hit if hit.source == presented.source else _with_source(
+                hit, presented.source)
         leaf = load_der_certificate(presented.leaf)
         intermediates = [load_der_certificate(d) for d in presented.intermediates]
         fp = fingerprint_sha256(leaf)
         if presented.claimed_sha256 is not None:
             _check_claim(presented.claimed_sha256, fp)
-        now = dt.datetime.now(dt.UTC)
+        now = dt.datetime.fromtimestamp(now_ts, dt.UTC)
         if now < leaf.not_valid_before_utc:
             raise CertificateError("certificate is not yet valid")
         if now > leaf.not_valid_after_utc:
             raise CertificateError("certificate has expired")
         self._spiffe(leaf)
-        return peer_identity([leaf, *intermediates], source=presented.source,
-                             require_spiffe=self._require_spiffe, fingerprint=fp)
+        identity = peer_identity([leaf, *intermediates], source=presented.source,
+                                 require_spiffe=self._require_spiffe, fingerprint=fp)
+        until = identity.not_after or leaf.not_valid_after_utc
+        self._cache_put(key, _Entry(identity=identity, bundle=None, version=0,
+                                    expires_at=until.timestamp()))
+        return identity
 
     def clear_cache(self) -> None:
         """Forget every cached verification."""
@@ -382,23 +397,24 @@ class X509ChainVerifier:
 
     # -- cache ----------------------------------------------------------------------
 
-    def _cache_get(self, key: tuple[bytes, ...], now: float) -> PeerIdentity | None:
+    def _cache_get(self, key: tuple[object, ...], now: float) -> PeerIdentity | None:
         # Reads take no lock (a dict lookup is atomic); the oldest entry is evicted
         # first. Each hit checks the deadline and the bundle's version again.
         entry = self._cache.get(key)
         if entry is None:
             return None
-        if now >= entry.expires_at or entry.bundle.current()[1] != entry.version:
+        if now >= entry.expires_at or (
+                entry.bundle is not None and entry.bundle.current()[1] != entry.version):
             self._cache_drop(key, entry)
             return None
         return entry.identity
 
-    def _cache_drop(self, key: tuple[bytes, ...], entry: _Entry) -> None:
+    def _cache_drop(self, key: tuple[object, ...], entry: _Entry) -> None:
         with self._cache_lock:
             if self._cache.get(key) is entry:
                 del self._cache[key]
 
-    def _cache_put(self, key: tuple[bytes, ...], entry: _Entry) -> None:
+    def _cache_put(self, key: tuple[object, ...], entry: _Entry) -> None:
         if self._cache_size <= 0:
             return
         with self._cache_lock:
