@@ -195,3 +195,47 @@ def test_warm_gatekeeper_decides_as_a_cold_one(world: World, ops: list[Any],
                 want.status, want.allowed, want.matched_rule, want.subjects), (
                 item, clock.offset, got.explain(), want.explain())
             assert (got.principal.peer is None) == (want.principal.peer is None)
+
+
+def test_token_cache_is_bounded_in_bytes_and_reclaims_expired_entries() -> None:
+    from endpointsec.facts import RequestPrincipal
+    from endpointsec.tokens.cache import VerifiedTokenCache
+
+    now = [1000.0]
+    cache = VerifiedTokenCache(max_size=1000, max_bytes=64 * 1024, clock=lambda: now[0])
+    principal = RequestPrincipal(issuer="https://i", subject="s")
+    for i in range(200):  # 200 tokens of 1 KiB: 400 KiB counted, more than the budget
+        cache.put(f"{i:04d}" + "x" * 1020, principal, expires_at=now[0] + 60)
+        assert cache.bytes <= 64 * 1024
+    assert 0 < len(cache) <= 32
+    now[0] += 120  # every entry has expired: the next insertion reclaims them all
+    cache.put("fresh", principal, expires_at=now[0] + 60)
+    assert len(cache) == 1 and cache.bytes == 10
+
+
+def test_policy_views_are_bounded_in_bytes(tmp_path: Path) -> None:
+    policy_file = tmp_path / "p.csv"
+    policy_file.write_text("p, role:reader, *, /orders/:id, GET, allow\n")
+    policy = CasbinPolicy(policy=policy_file)
+    views = policy._snapshot._views  # type: ignore[attr-defined]
+    for i in range(300):  # callers with 64 KiB user subjects: 19 MiB in all
+        subjects = (f"https://idp#{i}" + "u" * 64 * 1024, "role:reader")
+        assert policy.evaluate(subjects=subjects, resource="/orders/1", action="GET").allowed
+        assert views.bytes <= views.max_bytes
+    assert len(views) < 300
+
+
+def test_chain_cache_is_bounded_in_bytes(world: World, monkeypatch: pytest.MonkeyPatch
+                                         ) -> None:
+    monkeypatch.setattr(verify_module, "_CACHE_BYTES", 3 * 1024)
+    _write_bundle(world, (0, 1))
+    verifier = X509ChainVerifier(config=IdentityConfig(
+        sources=("asgi-tls",), trust_bundles=(world.directory / "bundle.pem",)))
+    from endpointsec.facts import PresentedCertificate
+
+    for cert, _ in world.leaves * 3:
+        verifier.verify(PresentedCertificate(
+            leaf=cert.der, intermediates=tuple(c.public_bytes(Encoding.DER)
+                                               for c in cert.intermediates)))
+        assert verifier._cache_bytes <= 3 * 1024  # type: ignore[attr-defined]
+    assert 0 < verifier.cache_len <= 3

@@ -64,6 +64,10 @@ logger = logging.getLogger("endpointsec.identity")
 
 _Signature = tuple[tuple[str, int, int], ...]
 
+#: The verified-chain cache holds at most this many bytes of certificates (and at most
+#: ``[identity] cache_size`` chains).
+_CACHE_BYTES = 16 * 1024 * 1024
+
 
 def policy_builder(
     *, store: Store, now: dt.datetime, max_chain_depth: int | None = None
@@ -254,6 +258,8 @@ class X509ChainVerifier:
         self._max_depth = config.max_chain_depth
         self._cache_size = config.cache_size
         self._cache: dict[tuple[object, ...], _Entry] = {}
+        self._cache_sizes: dict[tuple[object, ...], int] = {}
+        self._cache_bytes = 0
         self._cache_lock = threading.Lock()
 
     # -- public ---------------------------------------------------------------------
@@ -347,6 +353,8 @@ class X509ChainVerifier:
         """Forget every cached verification."""
         with self._cache_lock:
             self._cache.clear()
+            self._cache_sizes.clear()
+            self._cache_bytes = 0
 
     # -- steps ----------------------------------------------------------------------
 
@@ -413,16 +421,27 @@ class X509ChainVerifier:
         with self._cache_lock:
             if self._cache.get(key) is entry:
                 del self._cache[key]
+                self._cache_bytes -= self._cache_sizes.pop(key, 0)
 
     def _cache_put(self, key: tuple[object, ...], entry: _Entry) -> None:
-        if self._cache_size <= 0:
+        """Remember ``entry``; the cache is bounded in entries and in the bytes of the
+        certificates it is keyed on (the oldest entries go first)."""
+        size = sum(len(k) for k in key if isinstance(k, bytes))
+        if self._cache_size <= 0 or size > _CACHE_BYTES // 4:
             return
         with self._cache_lock:
             cache = self._cache
-            cache.pop(key, None)
-            while len(cache) >= self._cache_size:
-                del cache[next(iter(cache))]
+            old = cache.pop(key, None)
+            if old is not None:
+                self._cache_bytes -= self._cache_sizes.pop(key, 0)
+            while cache and (len(cache) >= self._cache_size
+                             or self._cache_bytes + size > _CACHE_BYTES):
+                oldest = next(iter(cache))
+                del cache[oldest]
+                self._cache_bytes -= self._cache_sizes.pop(oldest, 0)
             cache[key] = entry
+            self._cache_sizes[key] = size
+            self._cache_bytes += size
 
     @property
     def cache_len(self) -> int:

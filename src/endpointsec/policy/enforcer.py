@@ -188,23 +188,37 @@ def _failed(subjects: tuple[str, ...], resource: str, action: str,
 
 
 class _Bounded(dict[Any, Any]):
-    """A dict that drops its oldest entries beyond ``size`` (insertion order)."""
+    """A dict bounded in entries (``size``) and in the bytes of its keys (``max_bytes``):
+    the oldest entries go first (insertion order). Reads are plain dict lookups."""
 
-    __slots__ = ("size",)
+    __slots__ = ("_lock", "_sizes", "bytes", "max_bytes", "size")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, *, max_bytes: int = 8 * 1024 * 1024) -> None:
         super().__init__()
         self.size = size
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._sizes: dict[Any, int] = {}
+        self._lock = threading.Lock()
 
-    def add(self, key: Any, value: Any) -> None:
-        if self.size <= 0:
+    def add(self, key: Any, value: Any, *, nbytes: int) -> None:
+        if self.size <= 0 or nbytes > self.max_bytes // 4:
             return
-        while len(self) >= self.size:
-            try:
-                del self[next(iter(self))]
-            except (StopIteration, KeyError, RuntimeError):  # another thread got there
-                break
-        self[key] = value
+        with self._lock:
+            if key in self:
+                return
+            while self and (len(self) >= self.size or self.bytes + nbytes > self.max_bytes):
+                oldest = next(iter(self))
+                del self[oldest]
+                self.bytes -= self._sizes.pop(oldest, 0)
+            self[key] = value
+            self._sizes[key] = nbytes
+            self.bytes += nbytes
+
+
+def _key_bytes(subjects: tuple[str, ...], *parts: str) -> int:
+    """What a cache key on the caller's subjects costs, roughly (strings and tuples)."""
+    return 64 + sum(len(s) + 56 for s in subjects) + sum(len(p) for p in parts)
 
 
 def _explain(*, allow: tuple[tuple[str, ...], str, str] | None,
@@ -328,7 +342,7 @@ class _IndexedSnapshot(_Snapshot):
         for s in subjects:
             out |= self._names(s, domain) - {s}
         result = frozenset(out)
-        self._roles.add(key, result)
+        self._roles.add(key, result, nbytes=_key_bytes(subjects, domain))
         return result
 
     def _view(self, subjects: tuple[str, ...], action: str, domain: str) -> _View:
@@ -358,7 +372,7 @@ class _IndexedSnapshot(_Snapshot):
         try:
             if view is None:
                 view = self._view(subjects, action, dom)
-                self._views.add(key, view)
+                self._views.add(key, view, nbytes=_key_bytes(subjects, action, dom))
             return view.evaluate(subjects, resource, action, dom)
         except Exception as exc:  # fail closed with a reason, never a 500
             return _failed(subjects, resource, action, exc)
@@ -449,7 +463,7 @@ class _EnforcerSnapshot(_Snapshot):
         except Exception as exc:  # fail closed with a reason, never a 500
             return _failed(subjects, resource, action, exc)
         if len(resource) <= _MAX_CACHED_RESOURCE:
-            self._results.add(key, result)
+            self._results.add(key, result, nbytes=_key_bytes(subjects, resource, action))
         return result
 
     def _request(self, subject: str, resource: str, action: str, domain: str) -> list[str]:
