@@ -103,6 +103,28 @@ def _first_segment(template: str) -> str | None:
 
 Matcher = Callable[[str], object]
 
+#: Characters of a template that make Casbin's regular expression something else than
+#: literal text, ``[^/]+`` parameters and a final ``.*``.
+_RISKY = frozenset("^$+?{}[]\\|()")
+
+
+class _LazyPattern:
+    """Casbin's regular expression for one keyMatch2 template, compiled on first use
+    (a template no request reaches is never compiled)."""
+
+    __slots__ = ("match", "regex")
+
+    def __init__(self, regex: str) -> None:
+        self.regex = regex
+        self.match: Matcher = self._compile_and_match
+
+    def _compile_and_match(self, path: str) -> object:
+        self.match = re.compile(self.regex).match
+        return self.match(path)
+
+    def __call__(self, path: str) -> object:
+        return self.match(path)
+
 
 # -- the indexed snapshot (default model) ------------------------------------------------
 
@@ -128,10 +150,10 @@ class _Bucket:
 
     def __init__(self) -> None:
         self.exact: dict[str, list[_Rule]] = {}
-        self.by_segment: dict[str, list[tuple[Matcher, _Rule]]] = {}
-        self.other: list[tuple[Matcher, _Rule]] = []
+        self.by_segment: dict[str, list[tuple[_LazyPattern, _Rule]]] = {}
+        self.other: list[tuple[_LazyPattern, _Rule]] = []
 
-    def add(self, rule: _Rule, compiled: dict[str, Matcher]) -> None:
+    def add(self, rule: _Rule, compiled: dict[str, _LazyPattern]) -> None:
         if _is_literal(rule.obj):
             self.exact.setdefault(rule.obj, []).append(rule)
             return
@@ -151,11 +173,11 @@ class _Bucket:
             if hit:
                 out.extend(hit)
         if segment is not None:
-            for match, rule in self.by_segment.get(segment, ()):
-                if match(resource):
+            for pattern, rule in self.by_segment.get(segment, ()):
+                if pattern.match(resource):
                     out.append(rule)
-        for match, rule in self.other:
-            if match(resource):
+        for pattern, rule in self.other:
+            if pattern.match(resource):
                 out.append(rule)
 
 
@@ -267,7 +289,7 @@ class _IndexedSnapshot(_Snapshot):
                           "g", tuple(line)) for i, line in enumerate(g_rules)])
         if findings:
             raise refused(source, findings)
-        compiled: dict[str, Matcher] = {}
+        compiled: dict[str, _LazyPattern] = {}
         index: dict[tuple[str, str], dict[str, _Bucket]] = {}
         for i, line in enumerate(p_rules):
             sub, dom, obj, act, eft = line
@@ -292,15 +314,23 @@ class _IndexedSnapshot(_Snapshot):
         self.role_count = len(g_rules)
 
     @staticmethod
-    def _matcher(template: str, where: str) -> Matcher:
-        # Casbin's own regular expression, compiled once: the same answers by
-        # construction, and faster than splitting the path into segments.
+    def _matcher(template: str, where: str) -> _LazyPattern:
+        # Casbin's own regular expression: the same answers by construction, and
+        # faster than splitting the path into segments. Compiled on first use when it
+        # cannot fail (a 100,000-line policy loads without compiling 100,000
+        # expressions); anything with regex syntax is compiled, and refused, now.
+        regex = _key_match2_regex(template)
+        lazy = _LazyPattern(regex)
+        if _RISKY.isdisjoint(template) and (template == "*"
+                                            or "*" not in template.replace("/*", "")):
+            return lazy
         try:
-            return re.compile(_key_match2_regex(template)).match
+            lazy.match = re.compile(regex).match
         except re.error as exc:
             raise ConfigurationError(
                 f"{where}: object {template[:120]!r} is not a valid keyMatch2 pattern "
                 f"({exc})", key="policy.policy") from None
+        return lazy
 
     def _reach(self, subject: str, domain: str) -> frozenset[str]:
         """``subject`` and every role it reaches in ``domain`` (Casbin's has_link)."""
