@@ -692,6 +692,8 @@ class CasbinPolicy:
         watcher = getattr(self, "_policy_watcher", None)
         if watcher is not None:
             watcher.close()
+        if hasattr(self._adapter, "forget_after_fork"):  # a database adapter's connection
+            self._adapter.close()
         self._stop.set()
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
@@ -808,12 +810,18 @@ class CasbinPolicy:
         watcher.start(self._on_announcements)
         _register_fork_hook(self)
 
-    def _on_announcements(self, payloads: Sequence[str]) -> None:
+    def _on_announcements(self, payloads: Sequence[str]) -> bool:
+        """Reload unless every payload is our own; ``False`` if the store could not be
+        reached (the watcher then reconnects and tries again), ``True`` otherwise (a
+        policy that fails to load is refused, logged, and the last good one kept)."""
         origin = self.origin
         if payloads and all(p == origin for p in payloads):
-            return  # our own change, already applied
-        with contextlib.suppress(ConfigurationError):  # logged; the last good one stays
+            return True  # our own change, already applied
+        try:
             self.reload()
+        except ConfigurationError:
+            return not getattr(self._adapter, "unavailable", False)
+        return True
 
 
 # After fork (gunicorn with preload_app), threads do not survive: restart watchers.

@@ -155,6 +155,8 @@ class PostgresAdapter(Adapter):  # type: ignore[misc]
         self._created = False
         self._conn: psycopg.Connection[Any] | None = None
         self._lock = threading.Lock()
+        #: The last call failed because the database was unreachable.
+        self.unavailable = False
 
     # -- connections -------------------------------------------------------------------
 
@@ -175,18 +177,35 @@ class PostgresAdapter(Adapter):  # type: ignore[misc]
     def _transaction(self, *, create: bool = False) -> Iterator[Any]:
         """A cursor inside one transaction on the kept connection."""
         with self._lock:
-            if self._conn is None or self._conn.closed:
-                self._conn = self.connect()
-            conn = self._conn
             try:
-                if (self._create or create) and not self._created:
-                    self._create_table(conn)
+                conn = self._ready_connection(create=create)
                 with conn.transaction(), conn.cursor() as cur:
                     yield cur
             except self._psycopg.Error as exc:
                 self._drop()
+                self.unavailable = isinstance(exc, self._psycopg.OperationalError)
                 raise PolicyStoreUnavailable(
                     f"policy database error: {_reason(exc)}") from None
+            except PolicyStoreUnavailable:
+                self.unavailable = True
+                raise
+            self.unavailable = False
+
+    def _ready_connection(self, *, create: bool) -> Any:
+        """The kept connection, checked: one that the server dropped (a restart, an idle
+        timeout) is replaced by a new one before the transaction starts."""
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            try:
+                conn.execute("SELECT 1")
+            except self._psycopg.Error:
+                self._drop()
+                conn = None
+        if conn is None or conn.closed:
+            conn = self._conn = self.connect(autocommit=True)
+        if (self._create or create) and not self._created:
+            self._create_table(conn)
+        return conn
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None

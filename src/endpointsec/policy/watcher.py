@@ -34,7 +34,8 @@ logger = logging.getLogger("endpointsec.policy.watcher")
 #: The channel (PostgreSQL) or pub/sub channel (Redis) announcements go through.
 DEFAULT_CHANNEL = "endpointsec_policy"
 
-OnAnnouncements = Callable[[Sequence[str]], None]
+#: Called with the payloads received; returns ``False`` if the store was unreachable.
+OnAnnouncements = Callable[[Sequence[str]], bool]
 
 
 class PolicyWatcher(Protocol):
@@ -135,14 +136,19 @@ class _ListeningThread:
                 delay = min(delay * 2, self.backoff_max)
 
     def _deliver(self, payloads: Sequence[str]) -> None:
+        """Hand the payloads to the policy; a store it could not reach counts as an
+        outage (reconnect with backoff, then reload in full)."""
         callback = self._callback
         if callback is None:
             return
         try:
-            callback(payloads)
+            reached = callback(payloads)
         except Exception as exc:  # the policy logs its own failures; never kill the thread
             logger.error("policy %s: handling an announcement failed: %s", self.kind,
                          _cause(exc))
+            return
+        if reached is False:
+            raise PolicyStoreUnavailable("the policy could not be reloaded from its store")
 
     # -- per transport -------------------------------------------------------------------
 
