@@ -5,6 +5,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from storage_support import Postgres, Redis, postgres_bin, postgres_server, redis_server
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,16 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from storage_support import Postgres, Redis, wait_until
 
 from endpointsec._config import Table
 from endpointsec.errors import ConfigurationError, PolicyStoreUnavailable
 from endpointsec.policy import CasbinPolicy, PolicyConfig, build_policy
+from storage_support import Postgres, Redis, wait_until
 
 pytest.importorskip("psycopg", reason="needs the postgres extra (psycopg)")
 
-from endpointsec.policy.store import PostgresAdapter, check_dsn, check_redis_url  # noqa: E402
-from endpointsec.policy.watcher import PostgresWatcher, RedisWatcher  # noqa: E402
+from endpointsec.policy.store import PostgresAdapter, check_dsn, check_redis_url
+from endpointsec.policy.watcher import PostgresWatcher, RedisWatcher
 
 ALICE = ("alice", "*", "/orders/:id", "GET", "allow")
 BOB = ("bob", "*", "/admin/*", "*", "allow")
@@ -42,7 +42,7 @@ def test_dsn_with_a_password_is_refused(dsn: str) -> None:
     with pytest.raises(ConfigurationError, match="must not carry a password") as info:
         check_dsn(dsn)
     assert "secret" not in str(info.value)
-    with pytest.raises(ConfigurationError, match="policy.database: .*password"):
+    with pytest.raises(ConfigurationError, match=r"policy\.database: .*password"):
         PolicyConfig.from_table(Table({"database": dsn}, key="policy"))
 
 

@@ -148,7 +148,7 @@ class PolicyConfig:
         if self.redis_password_env is not None and self.redis_password_file is not None:
             raise ConfigurationError("give either redis_password_env or redis_password_file, "
                                      "not both", key="policy.redis_password_env")
-        from endpointsec.policy.store import check_dsn, _psycopg
+        from endpointsec.policy.store import _psycopg, check_dsn
 
         _psycopg()
         check_dsn(self.database)

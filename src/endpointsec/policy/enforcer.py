@@ -890,7 +890,8 @@ class _Editor:
         self.index: dict[tuple[str, str], dict[str, _Bucket]] = dict(snap._index)
         self.edges: dict[str, dict[str, list[str]]] = dict(snap._edges)
         self._owned: dict[int, object] = {}  # id -> object copied in this edit
-        self.next_index = snap._next_index if snap._next_index >= 0 else snap.rule_count
+        # Where the next added rule goes in policy order: after every rule ever indexed.
+        self.next_index: int = getattr(snap, "_next_index", snap.rule_count)
         self.rule_count = snap.rule_count
         self.role_count = snap.role_count
 
@@ -1046,12 +1047,9 @@ class _Editor:
         new._roles = _Bounded(old.cache_size)
         new.rule_count = self.rule_count
         new.role_count = self.role_count
-        new._next_index = self.next_index
+        new._next_index = self.next_index  # type: ignore[attr-defined]
         return new
 
-
-#: Where the next added rule goes in policy order (``-1``: after ``rule_count`` rules).
-_IndexedSnapshot._next_index = -1
 
 
 def _derive(snap: _IndexedSnapshot, *, add: Sequence[RuleChange] = (),

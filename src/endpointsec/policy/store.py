@@ -18,6 +18,7 @@ re-read so a rotated secret is picked up).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -210,10 +211,8 @@ class PostgresAdapter(Adapter):  # type: ignore[misc]
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            try:
+            with contextlib.suppress(Exception):  # a broken one is dropped anyway
                 conn.close()
-            except Exception:  # noqa: S110 - a broken connection is dropped anyway
-                pass
 
     def close(self) -> None:
         """Close the kept connection (a later call opens a new one)."""

@@ -19,6 +19,7 @@ old ``redis``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -228,10 +229,8 @@ class PostgresWatcher(_ListeningThread):
     def _close_connections(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            try:
+            with contextlib.suppress(Exception):  # a broken one is dropped anyway
                 conn.close()
-            except Exception:  # noqa: S110 - a broken connection is dropped anyway
-                pass
 
     def _forget_connections(self) -> None:
         conn, self._conn = self._conn, None
@@ -309,10 +308,8 @@ class RedisWatcher(_ListeningThread):
         client, self._client = self._client, None
         for thing in (pubsub, client):
             if thing is not None:
-                try:
+                with contextlib.suppress(Exception):  # a broken one is dropped anyway
                     thing.close()
-                except Exception:  # noqa: S110 - a broken connection is dropped anyway
-                    pass
 
     def _forget_connections(self) -> None:
         _inherited.extend(x for x in (self._pubsub, self._client) if x is not None)
