@@ -26,6 +26,7 @@ good snapshot.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -750,16 +751,29 @@ class CasbinPolicy:
             count = len(added) + len(removed) + len(updated)
             if not count:
                 return 0
-            self._write_through(added, removed, updated)
+            announced = self._announced_by_write() or (
+                getattr(self, "_policy_watcher", None) is not None)
+            if announced:
+                self._own_pending = getattr(self, "_own_pending", 0) + 1
+            try:
+                self._write_through(added, removed, updated)
+            except Exception:
+                if announced:
+                    self._own_pending -= 1
+                raise
             self._snapshot = new
             self.generation += 1
             self.last_reload_error = None
             logger.info("policy changed at run time (generation %d): %d added, %d removed, "
                         "%d updated", self.generation, len(added), len(removed), len(updated))
         watcher = getattr(self, "_policy_watcher", None)
-        if watcher is not None and not getattr(self._adapter, "notify_channel", None):
-            watcher.publish(self.origin)
+        if watcher is not None and not self._announced_by_write():
+            watcher.publish(_announcement(self.origin))
         return count
+
+    def _announced_by_write(self) -> bool:
+        """The adapter announces a write in its own transaction (PostgreSQL NOTIFY)."""
+        return bool(getattr(self._adapter, "notify_channel", None))
 
     def _write_through(self, added: Sequence[RuleChange], removed: Sequence[RuleChange],
                        updated: Sequence[tuple[RuleChange, RuleChange]]) -> None:
@@ -769,7 +783,8 @@ class CasbinPolicy:
         if adapter is None:
             return  # a policy file: the change lives in this process until the next reload
         if hasattr(adapter, "notify_payload"):
-            adapter.notify_payload = self.origin
+            # Delivered in commit order: the other replicas apply the change itself.
+            adapter.notify_payload = _announcement(self.origin, added, removed, updated)
         try:
             for ptype, group in _by_type(added):
                 _call(adapter, "add_policies", "add_policy", ptype, group)
@@ -811,16 +826,68 @@ class CasbinPolicy:
         _register_fork_hook(self)
 
     def _on_announcements(self, payloads: Sequence[str]) -> bool:
-        """Reload unless every payload is our own; ``False`` if the store could not be
-        reached (the watcher then reconnects and tries again), ``True`` otherwise (a
-        policy that fails to load is refused, logged, and the last good one kept)."""
+        """Follow the announcements of a batch, in order.
+
+        Our own are skipped (already applied). Changes announced by another replica
+        through PostgreSQL (delivered in commit order) are applied incrementally, unless
+        one of our own writes is still unannounced (the foreign change may then have
+        committed before it, and the order of the two matters): then, and for an
+        announcement without changes (``NOTIFY`` after a change in the table, Redis, a
+        reconnection), the policy is reloaded in full.
+
+        Returns ``False`` if the store could not be reached (the watcher then reconnects
+        and tries again), ``True`` otherwise (a policy that fails to load is refused,
+        logged, and the last good one kept).
+        """
         origin = self.origin
-        if payloads and all(p == origin for p in payloads):
-            return True  # our own change, already applied
+        with self._reload_lock:
+            pending = getattr(self, "_own_pending", 0)
+            changes: list[dict[str, Any]] = []
+            full = False
+            for payload in payloads:
+                message = _parse_announcement(payload)
+                if message is not None and message.get("origin") == origin:
+                    pending = max(0, pending - 1)
+                    continue
+                change = message.get("changes") if message is not None else None
+                if not isinstance(change, dict) or pending > 0:
+                    full = True
+                else:
+                    changes.append(change)
+            self._own_pending = pending
+            if not full and changes:
+                full = not self._apply_announced(changes)
+        if not full:
+            return True
         try:
             self.reload()
         except ConfigurationError:
             return not getattr(self._adapter, "unavailable", False)
+        with self._reload_lock:
+            self._own_pending = 0  # the reload read every write of ours
+        return True
+
+    def _apply_announced(self, changes: Sequence[dict[str, Any]]) -> bool:
+        """Apply announced changes (under the reload lock); ``False``: reload instead."""
+        snap = self._snapshot
+        if not isinstance(snap, _IndexedSnapshot):
+            return False
+        try:
+            for change in changes:
+                snap, _, _, _ = _derive(
+                    snap,
+                    add=[_rule_change(r) for r in change.get("add", ())],
+                    remove=[_rule_change(r) for r in change.get("remove", ())],
+                    update=[(_rule_change(o), _rule_change(n))
+                            for o, n in change.get("update", ())])
+        except (ConfigurationError, TypeError, ValueError) as exc:
+            logger.warning("an announced policy change could not be applied (%s); "
+                           "reloading in full", exc)
+            return False
+        self._snapshot = snap
+        self.generation += 1
+        self.last_reload_error = None
+        logger.info("policy changed by another replica (generation %d)", self.generation)
         return True
 
 
@@ -1127,3 +1194,39 @@ def _call(adapter: Any, batch: str, single: str, ptype: str, rules: list[list[st
     else:
         for rule in rules:
             getattr(adapter, single)(ptype, ptype, rule)
+
+
+#: PostgreSQL refuses a NOTIFY payload of 8000 bytes or more: larger changes are
+#: announced without their rules (the replicas then reload in full).
+_MAX_ANNOUNCEMENT = 7900
+
+
+def _announcement(origin: str, added: Sequence[RuleChange] = (),
+                  removed: Sequence[RuleChange] = (),
+                  updated: Sequence[tuple[RuleChange, RuleChange]] = ()) -> str:
+    """The payload announcing a change: its origin and, if it fits, the change."""
+    message: dict[str, Any] = {"origin": origin}
+    if added or removed or updated:
+        message["changes"] = {
+            "add": [[t, *r] for t, r in added],
+            "remove": [[t, *r] for t, r in removed],
+            "update": [[[o[0], *o[1]], [n[0], *n[1]]] for o, n in updated],
+        }
+    text = json.dumps(message, separators=(",", ":"))
+    if len(text.encode()) > _MAX_ANNOUNCEMENT:
+        text = json.dumps({"origin": origin}, separators=(",", ":"))
+    return text
+
+
+def _parse_announcement(payload: str) -> dict[str, Any] | None:
+    try:
+        message = json.loads(payload)
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) else None
+
+
+def _rule_change(item: Any) -> RuleChange:
+    if not isinstance(item, list) or not item or not all(isinstance(v, str) for v in item):
+        raise ValueError("not a rule")
+    return item[0], tuple(item[1:])

@@ -344,12 +344,15 @@ class PostgresAdapter(Adapter):  # type: ignore[misc]
         return True
 
     def replace_rules(self, rules: Sequence[tuple[str, Sequence[str]]]) -> None:
-        """Replace the whole table with ``(ptype, values)`` rules (one transaction)."""
+        """Replace the whole table with ``(ptype, values)`` rules (one transaction, the
+        rows sent with ``COPY``)."""
         sql = self._psycopg.sql
         with self._transaction() as cur:
             cur.execute(sql.SQL("DELETE FROM {}").format(self._ident()))
-            for ptype, values in rules:
-                self._insert(cur, ptype, [values])
+            with cur.copy(sql.SQL("COPY {} (ptype, v0, v1, v2, v3, v4, v5) FROM STDIN")
+                          .format(self._ident())) as copy:
+                for ptype, values in rules:
+                    copy.write_row(self._padded(ptype, values, None))
             self._notify(cur)
 
     def add_policy(self, sec: str, ptype: str, rule: Sequence[str]) -> bool:
