@@ -357,3 +357,48 @@ def test_concurrent_writers_converge_on_the_table(
                    for p in replicas for i in range(4))
 
     assert wait_until(converged, timeout=15, interval=0.2)
+
+
+def test_a_read_only_role_loads_and_follows(postgres: Postgres, pg_table: str,
+                                            channel: str,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replicas can run with a role that may only read the table (and LISTEN); writes
+    then fail with PolicyStoreUnavailable and change nothing."""
+    role, password = "reader_" + secrets.token_hex(3), secrets.token_urlsafe(12)
+    monkeypatch.setenv(PW_ENV, postgres.password)
+    writer = _replica(postgres, pg_table, channel)
+    writer.add_rules([ALICE])
+    postgres.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+    postgres.execute(f'GRANT SELECT ON "{pg_table}" TO {role}')
+    monkeypatch.setenv("ENDPOINTSEC_TEST_READER_PASSWORD", password)
+    config = PolicyConfig.from_table(Table({
+        "database": postgres.dsn.replace("endpointsec@", f"{role}@"),
+        "database_password_env": "ENDPOINTSEC_TEST_READER_PASSWORD", "table": pg_table,
+        "channel": channel}, key="policy"))
+    reader = build_policy(config)
+    assert isinstance(reader, CasbinPolicy)
+    try:
+        assert _allowed(reader, "alice", "/orders/1")
+        assert wait_until(lambda: reader._policy_watcher.connected.is_set())
+        writer.add_rules([BOB])
+        assert wait_until(lambda: _allowed(reader, "bob", "/admin/x"))
+        with pytest.raises(PolicyStoreUnavailable, match="permission denied"):
+            reader.remove_rules([BOB])
+        assert _allowed(reader, "bob", "/admin/x")
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_a_plain_casbin_enforcer_uses_the_adapter(adapter: PostgresAdapter, postgres: Postgres,
+                                                  pg_table: str) -> None:
+    import casbin
+
+    from endpointsec.policy import DEFAULT_MODEL_PATH
+
+    enforcer = casbin.Enforcer(str(DEFAULT_MODEL_PATH), adapter)
+    assert enforcer.add_policy(*ALICE)
+    assert enforcer.enforce("alice", "*", "/orders/1", "GET")
+    assert _rows(postgres, pg_table) == [("p", *ALICE, None)]
+    assert enforcer.remove_policy(*ALICE)
+    assert _rows(postgres, pg_table) == []

@@ -227,12 +227,17 @@ class PostgresAdapter(Adapter):  # type: ignore[misc]
         self._lock = threading.Lock()
 
     def _create_table(self, conn: Any) -> None:
+        """Create the table if it is missing (a replica with a read-only role only
+        checks that it exists: ``CREATE ... IF NOT EXISTS`` needs the CREATE right)."""
         sql = self._psycopg.sql
-        with conn.transaction():
-            conn.execute(sql.SQL(
-                "CREATE TABLE IF NOT EXISTS {} (id bigserial PRIMARY KEY, "
-                "ptype varchar(100) NOT NULL, v0 text, v1 text, v2 text, v3 text, v4 text, "
-                "v5 text)").format(self._ident()))
+        name = self._ident().as_string(conn)
+        row = conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()
+        if row is None or row[0] is None:
+            with conn.transaction():
+                conn.execute(sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {} (id bigserial PRIMARY KEY, "
+                    "ptype varchar(100) NOT NULL, v0 text, v1 text, v2 text, v3 text, "
+                    "v4 text, v5 text)").format(self._ident()))
         self._created = True
 
     def create_table(self) -> None:

@@ -72,7 +72,7 @@ class _ListeningThread:
         self._callback: OnAnnouncements | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        #: Set while connected and listening (tests and health checks can wait on it).
+        #: Set while listening, once caught up (tests and health checks can wait on it).
         self.connected = threading.Event()
         #: Reconnections since start (each followed by a full reload).
         self.reconnects = 0
@@ -108,7 +108,6 @@ class _ListeningThread:
         while not self._stop.is_set():
             try:
                 self._connect()
-                self.connected.set()
                 if self._outage_since is not None:
                     logger.warning("policy %s: %s is reachable again after %.1f s; "
                                    "reloading the policy in full", self.kind, self._what(),
@@ -118,6 +117,7 @@ class _ListeningThread:
                 delay = self.backoff_initial
                 # Announcements made before we listened are lost: reload in full.
                 self._deliver([""])
+                self.connected.set()  # listening and caught up
                 while not self._stop.is_set():
                     payloads = self._wait()
                     if payloads:
@@ -210,7 +210,7 @@ class PostgresWatcher(_ListeningThread):
         payloads = [n.payload for n in conn.notifies(timeout=self.poll, stop_after=1)]
         if payloads:
             # Coalesce: everything already pending makes one reload.
-            payloads += [n.payload for n in conn.notifies(timeout=0.01)]
+            payloads += [n.payload for n in conn.notifies(timeout=0.001)]
         elif time.monotonic() - self._last_check >= 5 * self.poll:
             conn.execute("SELECT 1")  # a silent network loss shows up here
             self._last_check = time.monotonic()
