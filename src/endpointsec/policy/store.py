@@ -204,7 +204,9 @@ class PostgresAdapter(Adapter):  # type: ignore[misc]
                 conn = None
         if conn is None or conn.closed:
             conn = self._conn = self.connect(autocommit=True)
-        if (self._create or create) and not self._created:
+        if create:
+            self._create_table(conn, force_index=True)
+        elif self._create and not self._created:
             self._create_table(conn)
         return conn
 
@@ -226,18 +228,24 @@ class PostgresAdapter(Adapter):  # type: ignore[misc]
             _inherited.append(conn)  # closing it would end the parent's session
         self._lock = threading.Lock()
 
-    def _create_table(self, conn: Any) -> None:
+    def _create_table(self, conn: Any, *, force_index: bool = False) -> None:
         """Create the table if it is missing (a replica with a read-only role only
         checks that it exists: ``CREATE ... IF NOT EXISTS`` needs the CREATE right)."""
         sql = self._psycopg.sql
         name = self._ident().as_string(conn)
         row = conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()
-        if row is None or row[0] is None:
+        if row is None or row[0] is None or force_index:
             with conn.transaction():
                 conn.execute(sql.SQL(
                     "CREATE TABLE IF NOT EXISTS {} (id bigserial PRIMARY KEY, "
                     "ptype varchar(100) NOT NULL, v0 text, v1 text, v2 text, v3 text, "
                     "v4 text, v5 text)").format(self._ident()))
+                # Finds a rule's rows (add, remove, update) without a scan of the table.
+                index = self.table.split(".")[-1][:50] + "_rule_idx"
+                conn.execute(sql.SQL(
+                    "CREATE INDEX IF NOT EXISTS {} ON {} (ptype, COALESCE(v0, ''), "
+                    "COALESCE(v1, ''), COALESCE(v2, ''))").format(
+                        sql.Identifier(index), self._ident()))
         self._created = True
 
     def create_table(self) -> None:
