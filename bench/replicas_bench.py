@@ -122,25 +122,25 @@ def timed(fn: Any, rounds: int = 5) -> float:
 REPLICA = r"""
 import json, sys, time
 from endpointsec.policy import PolicyConfig, build_policy
+from endpointsec.policy.watcher import PostgresWatcher
 cfg = json.loads(sys.argv[1])
-policy = build_policy(PolicyConfig(**cfg))
+changes = int(sys.argv[2])
+policy = build_policy(PolicyConfig(**cfg, watcher="none"))  # a watcher of our own below
 SUB = "spiffe://example.org/bench/writer"
 seen = set()
-original = policy._on_announcements
 def hook(payloads):
-    ok = original(payloads)
+    ok = policy._on_announcements(payloads)
     now = time.time()
-    for i in range(cfg_changes):
+    for i in range(changes):
         if i not in seen and policy.evaluate(subjects=[SUB], resource=f"/marker/{i}",
                                              action="GET").allowed:
             seen.add(i)
             print(json.dumps({"change": i, "t": now}), flush=True)
     return ok
-cfg_changes = int(sys.argv[2])
-policy._on_announcements = hook
-policy._policy_watcher.close()
-policy._policy_watcher.start(hook)
-while not policy._policy_watcher.connected.is_set():
+watcher = PostgresWatcher(connect=policy._adapter.connect, channel=cfg["channel"])
+policy._policy_watcher = watcher
+watcher.start(hook)
+while not watcher.connected.is_set():
     time.sleep(0.01)
 print("ready", flush=True)
 sys.stdin.read()

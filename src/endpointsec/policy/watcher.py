@@ -82,8 +82,10 @@ class _ListeningThread:
 
     def start(self, on_announcements: OnAnnouncements) -> None:
         self._callback = on_announcements
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, daemon=True,
+        # A thread of its own stop event: a previous thread that has not ended yet
+        # (close() waits a bounded time) can never be revived by a later start().
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(self._stop,), daemon=True,
                                         name=f"endpointsec-policy-{self.kind}")
         self._thread.start()
 
@@ -103,9 +105,9 @@ class _ListeningThread:
 
     # -- the loop ------------------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         delay = self.backoff_initial
-        while not self._stop.is_set():
+        while not stop.is_set():
             try:
                 self._connect()
                 if self._outage_since is not None:
@@ -118,14 +120,14 @@ class _ListeningThread:
                 # Announcements made before we listened are lost: reload in full.
                 self._deliver([""])
                 self.connected.set()  # listening and caught up
-                while not self._stop.is_set():
+                while not stop.is_set():
                     payloads = self._wait()
                     if payloads:
                         self._deliver(payloads)
             except Exception as exc:
                 self.connected.clear()
                 self._close_connections()
-                if self._stop.is_set():
+                if stop.is_set():
                     break
                 if self._outage_since is None:
                     self._outage_since = time.monotonic()
@@ -133,7 +135,7 @@ class _ListeningThread:
                         "policy %s: lost %s (%s); serving the last good policy and "
                         "retrying (backoff up to %.1f s)", self.kind, self._what(),
                         _cause(exc), self.backoff_max)
-                self._stop.wait(delay)
+                stop.wait(delay)
                 delay = min(delay * 2, self.backoff_max)
 
     def _deliver(self, payloads: Sequence[str]) -> None:
