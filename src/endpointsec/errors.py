@@ -12,7 +12,8 @@
     │   └── TokenError                            missing, malformed or invalid bearer token
     ├── AuthorizationError                        the caller is known but not allowed -> 403
     └── UpstreamError                             something we depend on failed -> 503
-        └── KeySetUnavailable                     no usable signing key could be obtained
+        ├── KeySetUnavailable                     no usable signing key could be obtained
+        └── PolicyStoreUnavailable                the policy database could not be reached
 
 Messages are specific (they go to logs and exceptions: "token is missing the 'exp'
 claim"); responses on the wire are generic and never carry the message of an
@@ -30,6 +31,7 @@ __all__ = [
     "ForwardedCertificateError",
     "KeySetUnavailable",
     "PathError",
+    "PolicyStoreUnavailable",
     "RequestError",
     "TokenError",
     "UpstreamError",
@@ -122,3 +124,7 @@ class UpstreamError(EndpointSecError):
 
 class KeySetUnavailable(UpstreamError):
     """No usable signing key could be obtained for the token's issuer."""
+
+
+class PolicyStoreUnavailable(UpstreamError):
+    """The policy database could not be read or written (the last good policy stays)."""

@@ -18,7 +18,7 @@ __all__ = ["main"]
 
 #: Subcommand modules, in the order ``--help`` lists them.
 _COMMANDS = ("demo", "serve", "pki", "explain", "check", "test", "learn", "replay", "unused",
-             "schema", "bench")
+             "schema", "policy", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

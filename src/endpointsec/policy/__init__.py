@@ -71,6 +71,10 @@ def build_policy(config: PolicyConfig) -> Policy:
     """
     if config.allow_authenticated:
         return AllowAuthenticated(paths=config.paths, dry_run=config.dry_run)
+    if config.database is not None:
+        from endpointsec.policy.store import open_database_policy
+
+        return open_database_policy(config)
     if config.policy is None and config.adapter is None:
         raise ConfigurationError(
             "no policy configured: set policy = \"policy.csv\" (Casbin rules), or "

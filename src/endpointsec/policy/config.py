@@ -11,6 +11,15 @@
     domain_header = "x-tenant"     # optional: the Casbin domain (tenant)
     cache_size = 10000             # decisions kept per policy snapshot (0: no cache)
 
+    # Instead of a file: rules in PostgreSQL, changes announced to every replica
+    # database = "postgresql://endpointsec@db:5432/policy"   # no password here
+    # database_password_env = "POLICY_DB_PASSWORD"          # or database_password_file
+    # table = "casbin_rule"
+    # watcher = "postgres"           # "postgres" (default with a database) | "redis" | "none"
+    # redis_url = "redis://redis:6379/0"                    # no password here
+    # redis_password_env = "REDIS_PASSWORD"                 # or redis_password_file
+    # channel = "endpointsec_policy"
+
     [policy.paths]
     merge_slashes = true
     decode_encoded_slashes = false
@@ -71,6 +80,26 @@ class PolicyConfig:
     cache_size: int = 10_000
     #: Path normalization (``[policy.paths]``).
     paths: PathOptions = field(default_factory=PathOptions)
+    #: A PostgreSQL connection string (URL or ``key=value``) without a password: the rules
+    #: live in ``table`` instead of a file (the ``postgres`` extra).
+    database: str | None = None
+    #: The environment variable holding the database password.
+    database_password_env: str | None = None
+    #: A file holding the database password (a mounted secret; re-read at each connection).
+    database_password_file: Path | None = None
+    #: The rules table (Casbin's ``casbin_rule`` layout: ptype, v0..v5).
+    table: str = "casbin_rule"
+    #: How replicas learn of a change: ``"postgres"`` (LISTEN/NOTIFY, the default with a
+    #: database), ``"redis"`` (pub/sub) or ``"none"``.
+    watcher: str | None = None
+    #: The Redis URL for ``watcher = "redis"`` (without a password).
+    redis_url: str | None = None
+    #: The environment variable holding the Redis password.
+    redis_password_env: str | None = None
+    #: A file holding the Redis password.
+    redis_password_file: Path | None = None
+    #: The notification channel shared by the replicas.
+    channel: str = "endpointsec_policy"
 
     def __post_init__(self) -> None:
         if self.watch_interval <= 0:
@@ -89,6 +118,52 @@ class PolicyConfig:
             )
         if self.domain_header is not None and not self.domain_header.strip():
             raise ConfigurationError("must not be empty", key="policy.domain_header")
+        self._check_storage()
+
+    def _check_storage(self) -> None:
+        from endpointsec.policy.store import check_identifier, check_redis_url
+
+        if self.database is None:
+            for name in ("database_password_env", "database_password_file", "watcher",
+                         "redis_url", "redis_password_env", "redis_password_file"):
+                if getattr(self, name) is not None:
+                    raise ConfigurationError("needs database = \"postgresql://...\"",
+                                             key=f"policy.{name}")
+            return
+        if self.policy is not None or self.adapter is not None:
+            raise ConfigurationError("give either a policy file, an adapter or a database",
+                                     key="policy.database")
+        if self.allow_authenticated:
+            raise ConfigurationError(
+                "allow_authenticated cannot be combined with a Casbin model or policy",
+                key="policy.allow_authenticated")
+        if self.watch:
+            raise ConfigurationError("watch follows files; a database policy follows its "
+                                     "watcher", key="policy.watch")
+        if self.database_password_env is not None and self.database_password_file is not None:
+            raise ConfigurationError("give either database_password_env or "
+                                     "database_password_file, not both",
+                                     key="policy.database_password_env")
+        if self.redis_password_env is not None and self.redis_password_file is not None:
+            raise ConfigurationError("give either redis_password_env or redis_password_file, "
+                                     "not both", key="policy.redis_password_env")
+        from endpointsec.policy.store import _psycopg, check_dsn
+
+        _psycopg()
+        check_dsn(self.database)
+        check_identifier(self.table, key="policy.table")
+        check_identifier(self.channel, key="policy.channel")
+        if self.watcher not in (None, "postgres", "redis", "none"):
+            raise ConfigurationError(f"must be 'postgres', 'redis' or 'none', not "
+                                     f"{self.watcher!r}", key="policy.watcher")
+        if self.watcher == "redis":
+            if self.redis_url is None:
+                raise ConfigurationError("watcher = \"redis\" needs redis_url",
+                                         key="policy.redis_url")
+            check_redis_url(self.redis_url)
+        elif self.redis_url is not None:
+            raise ConfigurationError("redis_url is used only with watcher = \"redis\"",
+                                     key="policy.redis_url")
 
     @classmethod
     def from_table(cls, t: Table) -> PolicyConfig:
@@ -106,4 +181,13 @@ class PolicyConfig:
             domain_header=t.string("domain_header", None),
             cache_size=t.integer("cache_size", 10_000, minimum=0),
             paths=paths,
+            database=t.string("database", None),
+            database_password_env=t.string("database_password_env", None),
+            database_password_file=t.path("database_password_file", None, must_exist=False),
+            table=t.string("table", "casbin_rule"),
+            watcher=t.string("watcher", None),
+            redis_url=t.string("redis_url", None),
+            redis_password_env=t.string("redis_password_env", None),
+            redis_password_file=t.path("redis_password_file", None, must_exist=False),
+            channel=t.string("channel", "endpointsec_policy"),
         )

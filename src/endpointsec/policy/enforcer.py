@@ -26,19 +26,21 @@ good snapshot.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
+import secrets
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import casbin
 
-from endpointsec.errors import ConfigurationError
+from endpointsec.errors import ConfigurationError, PolicyStoreUnavailable
 from endpointsec.facts import PolicyResult
 from endpointsec.policy.paths import PathNormalizer, PathOptions
 from endpointsec.policy.rules import (
@@ -817,6 +819,11 @@ class CasbinPolicy:
 
     def close(self) -> None:
         """Stop the watcher thread (idempotent)."""
+        watcher = getattr(self, "_policy_watcher", None)
+        if watcher is not None:
+            watcher.close()
+        if hasattr(self._adapter, "forget_after_fork"):  # a database adapter's connection
+            self._adapter.close()
         self._stop.set()
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
@@ -828,6 +835,190 @@ class CasbinPolicy:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- runtime changes -----------------------------------------------------------------
+
+    def add_rules(self, rules: Iterable[Sequence[str]]) -> int:
+        """Add ``p`` rules (``(subject, domain, object, action, allow|deny)``); rules
+        already present are skipped. Written through the adapter, announced to the other
+        replicas, applied to this process without a full reload. The number added."""
+        return self._change(add=[("p", _values(r)) for r in rules])
+
+    def remove_rules(self, rules: Iterable[Sequence[str]]) -> int:
+        """Remove ``p`` rules (every copy of each); the number of rules that were present."""
+        return self._change(remove=[("p", _values(r)) for r in rules])
+
+    def update_rules(self, old_rules: Iterable[Sequence[str]],
+                     new_rules: Iterable[Sequence[str]]) -> int:
+        """Replace each of ``old_rules`` by the matching one of ``new_rules``, in its place
+        in policy order; the number of rules replaced (an absent old rule is skipped)."""
+        olds, news = [_values(r) for r in old_rules], [_values(r) for r in new_rules]
+        if len(olds) != len(news):
+            raise ConfigurationError("update_rules needs as many new rules as old ones",
+                                     key="policy")
+        return self._change(update=[(("p", o), ("p", n)) for o, n in zip(olds, news,
+                                                                         strict=True)])
+
+    def add_role_for(self, user: str, role: str, *, domain: str = "*") -> bool:
+        """Grant ``role`` to ``user`` in ``domain`` (``"*"``: every domain) with a ``g``
+        rule; ``False`` if it was already granted."""
+        return self._change(add=[("g", (user, role, domain))]) > 0
+
+    def delete_role_for(self, user: str, role: str, *, domain: str = "*") -> bool:
+        """Remove the ``g`` rule granting ``role`` to ``user`` in ``domain``; ``False`` if
+        there was none."""
+        return self._change(remove=[("g", (user, role, domain))]) > 0
+
+    def _change(self, *, add: Sequence[RuleChange] = (), remove: Sequence[RuleChange] = (),
+                update: Sequence[tuple[RuleChange, RuleChange]] = ()) -> int:
+        with self._reload_lock:
+            snap = self._snapshot
+            if not isinstance(snap, _IndexedSnapshot):
+                raise ConfigurationError("run-time rule changes need the shipped default "
+                                         "model", key="policy.model")
+            new, added, removed, updated = _derive(snap, add=add, remove=remove,
+                                                   update=update)
+            count = len(added) + len(removed) + len(updated)
+            if not count:
+                return 0
+            announced = self._announced_by_write() or (
+                getattr(self, "_policy_watcher", None) is not None)
+            if announced:
+                self._own_pending = getattr(self, "_own_pending", 0) + 1
+            try:
+                self._write_through(added, removed, updated)
+            except Exception:
+                if announced:
+                    self._own_pending -= 1
+                raise
+            self._snapshot = new
+            self.generation += 1
+            self.last_reload_error = None
+            logger.info("policy changed at run time (generation %d): %d added, %d removed, "
+                        "%d updated", self.generation, len(added), len(removed), len(updated))
+        watcher = getattr(self, "_policy_watcher", None)
+        if watcher is not None and not self._announced_by_write():
+            watcher.publish(_announcement(self.origin))
+        return count
+
+    def _announced_by_write(self) -> bool:
+        """The adapter announces a write in its own transaction (PostgreSQL NOTIFY)."""
+        return bool(getattr(self._adapter, "notify_channel", None))
+
+    def _write_through(self, added: Sequence[RuleChange], removed: Sequence[RuleChange],
+                       updated: Sequence[tuple[RuleChange, RuleChange]]) -> None:
+        """Write the changes to the adapter (if it stores rules); on failure nothing
+        changes here and :class:`PolicyStoreUnavailable` is raised."""
+        adapter = self._adapter
+        if adapter is None:
+            return  # a policy file: the change lives in this process until the next reload
+        if hasattr(adapter, "notify_payload"):
+            # Delivered in commit order: the other replicas apply the change itself.
+            adapter.notify_payload = _announcement(self.origin, added, removed, updated)
+        try:
+            for ptype, group in _by_type(added):
+                _call(adapter, "add_policies", "add_policy", ptype, group)
+            for ptype, group in _by_type(removed):
+                _call(adapter, "remove_policies", "remove_policy", ptype, group)
+            for ptype in ("p", "g"):
+                pairs = [(o[1], n[1]) for o, n in updated if o[0] == ptype]
+                if pairs:
+                    olds, news = [list(o) for o, _ in pairs], [list(n) for _, n in pairs]
+                    if hasattr(adapter, "update_policies"):
+                        adapter.update_policies(ptype, ptype, olds, news)
+                    elif hasattr(adapter, "update_policy"):
+                        for o, n in zip(olds, news, strict=True):
+                            adapter.update_policy(ptype, ptype, o, n)
+        except PolicyStoreUnavailable:
+            raise
+        except NotImplementedError:
+            return  # a read-only adapter: the change lives in this process
+        except Exception as exc:
+            raise PolicyStoreUnavailable(f"the policy adapter refused the change: "
+                                         f"{type(exc).__name__}: {exc}") from exc
+
+    # -- replicas ----------------------------------------------------------------------
+
+    @property
+    def origin(self) -> str:
+        """This process's name in change notifications (its own are not reloaded)."""
+        token = getattr(self, "_origin_token", None)
+        if token is None:
+            token = self._origin_token = secrets.token_hex(6)
+        return f"{token}.{os.getpid()}"
+
+    def attach_watcher(self, watcher: Any) -> None:
+        """Follow changes announced by other replicas through ``watcher`` (see
+        :mod:`endpointsec.policy.watcher`): each announcement, and each reconnection
+        (announcements may have been missed), reloads the policy in full."""
+        self._policy_watcher = watcher
+        watcher.start(self._on_announcements)
+        _register_fork_hook(self)
+
+    def _on_announcements(self, payloads: Sequence[str]) -> bool:
+        """Follow the announcements of a batch, in order.
+
+        Our own are skipped (already applied). Changes announced by another replica
+        through PostgreSQL (delivered in commit order) are applied incrementally, unless
+        one of our own writes is still unannounced (the foreign change may then have
+        committed before it, and the order of the two matters): then, and for an
+        announcement without changes (``NOTIFY`` after a change in the table, Redis, a
+        reconnection), the policy is reloaded in full.
+
+        Returns ``False`` if the store could not be reached (the watcher then reconnects
+        and tries again), ``True`` otherwise (a policy that fails to load is refused,
+        logged, and the last good one kept).
+        """
+        origin = self.origin
+        with self._reload_lock:
+            pending = getattr(self, "_own_pending", 0)
+            changes: list[dict[str, Any]] = []
+            full = False
+            for payload in payloads:
+                message = _parse_announcement(payload)
+                if message is not None and message.get("origin") == origin:
+                    pending = max(0, pending - 1)
+                    continue
+                change = message.get("changes") if message is not None else None
+                if not isinstance(change, dict) or pending > 0:
+                    full = True
+                else:
+                    changes.append(change)
+            self._own_pending = pending
+            if not full and changes:
+                full = not self._apply_announced(changes)
+        if not full:
+            return True
+        try:
+            self.reload()
+        except ConfigurationError:
+            return not getattr(self._adapter, "unavailable", False)
+        with self._reload_lock:
+            self._own_pending = 0  # the reload read every write of ours
+        return True
+
+    def _apply_announced(self, changes: Sequence[dict[str, Any]]) -> bool:
+        """Apply announced changes (under the reload lock); ``False``: reload instead."""
+        snap = self._snapshot
+        if not isinstance(snap, _IndexedSnapshot):
+            return False
+        try:
+            for change in changes:
+                snap, _, _, _ = _derive(
+                    snap,
+                    add=[_rule_change(r) for r in change.get("add", ())],
+                    remove=[_rule_change(r) for r in change.get("remove", ())],
+                    update=[(_rule_change(o), _rule_change(n))
+                            for o, n in change.get("update", ())])
+        except (ConfigurationError, TypeError, ValueError) as exc:
+            logger.warning("an announced policy change could not be applied (%s); "
+                           "reloading in full", exc)
+            return False
+        self._snapshot = snap
+        self.generation += 1
+        self.last_reload_error = None
+        logger.info("policy changed by another replica (generation %d)", self.generation)
+        return True
+
 
 # After fork (gunicorn with preload_app), threads do not survive: restart watchers.
 _watching: weakref.WeakSet[CasbinPolicy] = weakref.WeakSet()
@@ -838,6 +1029,12 @@ def _after_fork_in_child() -> None:
     for policy in list(_watching):
         if policy._thread is not None and not policy._stop.is_set():
             policy._start_watcher()
+        forget = getattr(policy._adapter, "forget_after_fork", None)
+        if forget is not None:
+            forget()
+        watcher = getattr(policy, "_policy_watcher", None)
+        if watcher is not None:
+            watcher.after_fork()
 
 
 def _register_fork_hook(policy: CasbinPolicy) -> None:
@@ -847,3 +1044,318 @@ def _register_fork_hook(policy: CasbinPolicy) -> None:
         hook: Callable[[], None] = _after_fork_in_child
         os.register_at_fork(after_in_child=hook)
         _fork_hook_installed = True
+
+
+# -- runtime changes: copy-on-write snapshots -----------------------------------------------
+
+#: A change of one rule: ``("p", (sub, dom, obj, act, eft))`` or ``("g", (user, role, dom))``.
+RuleChange = tuple[str, tuple[str, ...]]
+
+
+def _check_rule(ptype: str, rule: tuple[str, ...], *, compile_object: bool = True) -> None:
+    where = f"rule ({', '.join([ptype, *rule])[:120]})"
+    if not all(isinstance(v, str) for v in rule):
+        raise ConfigurationError(f"{where}: every value must be a string", key="policy")
+    if ptype == "p":
+        if len(rule) != 5:
+            raise ConfigurationError(
+                f"{where} has {len(rule)} values after 'p'; the default model needs 5: "
+                "subject, domain, object, action, allow|deny", key="policy")
+        if rule[4] not in ("allow", "deny"):
+            raise ConfigurationError(f"{where} has effect {rule[4][:40]!r}; use 'allow' or "
+                                     "'deny'", key="policy")
+        if compile_object and not _is_literal(rule[2]):
+            _IndexedSnapshot._matcher(rule[2], where)
+    elif ptype == "g":
+        if len(rule) != 3:
+            raise ConfigurationError(
+                f"{where} has {len(rule)} values after 'g'; the default model needs 3: "
+                "user, role, domain ('*' for every domain)", key="policy")
+    else:
+        raise ConfigurationError(f"unknown rule type {ptype[:20]!r}; use 'p' or 'g'",
+                                 key="policy")
+
+
+class _Editor:
+    """Builds the next :class:`_IndexedSnapshot` from one: the index and the role graph
+    are copied shallowly, and only the dictionaries, buckets and lists a change touches
+    are copied before they are changed (the old snapshot is never modified)."""
+
+    def __init__(self, snap: _IndexedSnapshot) -> None:
+        self.snap = snap
+        self.index: dict[tuple[str, str], dict[str, _Bucket]] = dict(snap._index)
+        self.edges: dict[str, dict[str, list[str]]] = dict(snap._edges)
+        self._owned: dict[int, object] = {}  # id -> object copied in this edit
+        # Where the next added rule goes in policy order: after every rule ever indexed.
+        self.next_index: int = getattr(snap, "_next_index", snap.rule_count)
+        self.rule_count = snap.rule_count
+        self.role_count = snap.role_count
+
+    def _own(self, obj: Any) -> bool:
+        return id(obj) in self._owned
+
+    def _mine(self, obj: Any) -> Any:
+        self._owned[id(obj)] = obj
+        return obj
+
+    def _list(self, d: dict[Any, Any], key: Any) -> list[Any]:
+        lst = d.get(key)
+        if lst is None:
+            lst = d[key] = self._mine([])
+        elif not self._own(lst):
+            lst = d[key] = self._mine(list(lst))
+        return lst  # type: ignore[no-any-return]
+
+    def _bucket(self, sub: str, dom: str, act: str, *, create: bool) -> _Bucket | None:
+        key = (sub, dom)
+        by_action = self.index.get(key)
+        if by_action is None:
+            if not create:
+                return None
+            by_action = self.index[key] = self._mine({})
+        elif not self._own(by_action):
+            by_action = self.index[key] = self._mine(dict(by_action))
+        bucket = by_action.get(act)
+        if bucket is None:
+            if not create:
+                return None
+            bucket = by_action[act] = self._mine(_Bucket())
+        elif not self._own(bucket):
+            old = bucket
+            bucket = by_action[act] = self._mine(_Bucket())
+            bucket.exact = dict(old.exact)
+            bucket.by_segment = dict(old.by_segment)
+            bucket.other = self._mine(list(old.other))
+        return bucket
+
+    def _prune(self, sub: str, dom: str, act: str) -> None:
+        by_action = self.index[(sub, dom)]
+        bucket = by_action[act]
+        if not (bucket.exact or bucket.by_segment or bucket.other):
+            del by_action[act]
+            if not by_action:
+                del self.index[(sub, dom)]
+
+    # -- p rules -------------------------------------------------------------------------
+
+    def find(self, rule: tuple[str, ...]) -> list[_Rule]:
+        """Every rule equal to ``rule`` in the current state of the edit."""
+        sub, dom, obj, act, eft = rule
+        bucket = self.index.get((sub, dom), {}).get(act)
+        if bucket is None:
+            return []
+        deny = eft == "deny"
+        if _is_literal(obj):
+            return [r for r in bucket.exact.get(obj, ()) if r.deny is deny]
+        seg = _first_segment(obj)
+        entries = bucket.other if seg is None else bucket.by_segment.get(seg, ())
+        return [r for _, r in entries if r.obj == obj and r.deny is deny]
+
+    def add_p(self, rule: tuple[str, ...], index: int | None = None) -> None:
+        sub, dom, obj, act, eft = rule
+        if index is None:
+            index = self.next_index
+            self.next_index += 1
+        new = _Rule(index=index, sub=sub, dom=dom, obj=obj, act=act, deny=eft == "deny")
+        bucket = self._bucket(sub, dom, act, create=True)
+        if bucket is None:  # pragma: no cover - create=True always returns one
+            raise RuntimeError("no bucket")
+        if _is_literal(obj):
+            self._list(bucket.exact, obj).append(new)
+        else:
+            match = _IndexedSnapshot._matcher(obj, "policy rule")
+            seg = _first_segment(obj)
+            if seg is None:
+                bucket.other.append((match, new))
+            else:
+                self._list(bucket.by_segment, seg).append((match, new))
+        self.rule_count += 1
+
+    def remove_p(self, rule: tuple[str, ...]) -> list[_Rule]:
+        """Remove every copy of ``rule``; the removed rules."""
+        found = self.find(rule)
+        if not found:
+            return found
+        sub, dom, obj, act, _ = rule
+        bucket = self._bucket(sub, dom, act, create=False)
+        if bucket is None:  # pragma: no cover - find() saw it
+            return []
+        gone = {id(r) for r in found}
+        if _is_literal(obj):
+            lst = self._list(bucket.exact, obj)
+            lst[:] = [r for r in lst if id(r) not in gone]
+            if not lst:
+                del bucket.exact[obj]
+        else:
+            seg = _first_segment(obj)
+            if seg is None:
+                bucket.other[:] = [e for e in bucket.other if id(e[1]) not in gone]
+            else:
+                entries = self._list(bucket.by_segment, seg)
+                entries[:] = [e for e in entries if id(e[1]) not in gone]
+                if not entries:
+                    del bucket.by_segment[seg]
+        self._prune(sub, dom, act)
+        self.rule_count -= len(found)
+        return found
+
+    # -- g rules -------------------------------------------------------------------------
+
+    def has_g(self, rule: tuple[str, ...]) -> bool:
+        user, role, dom = rule
+        return role in self.edges.get(dom, {}).get(user, ())
+
+    def add_g(self, rule: tuple[str, ...]) -> None:
+        user, role, dom = rule
+        graph = self.edges.get(dom)
+        if graph is None:
+            graph = self.edges[dom] = self._mine({})
+        elif not self._own(graph):
+            graph = self.edges[dom] = self._mine(dict(graph))
+        self._list(graph, user).append(role)
+        self.role_count += 1
+
+    def remove_g(self, rule: tuple[str, ...]) -> int:
+        user, role, dom = rule
+        if not self.has_g(rule):
+            return 0
+        graph = self.edges[dom]
+        if not self._own(graph):
+            graph = self.edges[dom] = self._mine(dict(graph))
+        roles = self._list(graph, user)
+        count = roles.count(role)
+        roles[:] = [r for r in roles if r != role]
+        if not roles:
+            del graph[user]
+            if not graph:
+                del self.edges[dom]
+        self.role_count -= count
+        return count
+
+    def snapshot(self) -> _IndexedSnapshot:
+        old = self.snap
+        new = _IndexedSnapshot.__new__(_IndexedSnapshot)
+        new.__dict__.update(old.__dict__)  # whatever else a snapshot carries
+        new._index = self.index
+        new._edges = self.edges
+        new._reach_cache = {}
+        new._views = _Bounded(old.cache_size)
+        new._roles = _Bounded(old.cache_size)
+        new.rule_count = self.rule_count
+        new.role_count = self.role_count
+        new._next_index = self.next_index  # type: ignore[attr-defined]
+        return new
+
+
+
+def _derive(snap: _IndexedSnapshot, *, add: Sequence[RuleChange] = (),
+            remove: Sequence[RuleChange] = (),
+            update: Sequence[tuple[RuleChange, RuleChange]] = (),
+            ) -> tuple[_IndexedSnapshot, list[RuleChange], list[RuleChange],
+                       list[tuple[RuleChange, RuleChange]]]:
+    """The snapshot after the changes, and the changes that had an effect.
+
+    A rule is in the policy or not: adding a present rule does nothing, removing a rule
+    removes every copy, updating a rule rewrites it in its place (policy order decides
+    which rule explains a decision) and, if the new rule was already present, keeps the
+    first of the two places. The same answers as ``casbin.Enforcer`` after the same
+    ``add_policy`` / ``remove_policy`` (until absent) / ``update_policy`` calls.
+    """
+    for ptype, rule in [*add, *(new for _, new in update)]:
+        _check_rule(ptype, rule)
+    for ptype, rule in [*remove, *(old for old, _ in update)]:
+        _check_rule(ptype, rule, compile_object=False)  # an invalid one is not present
+    ed = _Editor(snap)
+    added: list[RuleChange] = []
+    removed: list[RuleChange] = []
+    updated: list[tuple[RuleChange, RuleChange]] = []
+    for ptype, rule in add:
+        if ptype == "p":
+            if not ed.find(rule):
+                ed.add_p(rule)
+                added.append((ptype, rule))
+        elif not ed.has_g(rule):
+            ed.add_g(rule)
+            added.append((ptype, rule))
+    for ptype, rule in remove:
+        if (ed.remove_p(rule) if ptype == "p" else ed.remove_g(rule)):
+            removed.append((ptype, rule))
+    for (optype, old), (nptype, new) in update:
+        if optype != nptype:
+            raise ConfigurationError("an update keeps the rule type ('p' or 'g')",
+                                     key="policy")
+        if old == new:
+            continue
+        if optype == "p":
+            gone = ed.remove_p(old)
+            if not gone:
+                continue
+            place = min(r.index for r in gone)
+            present = ed.remove_p(new)
+            if present:
+                place = min(place, *(r.index for r in present))
+            ed.add_p(new, index=place)
+        else:
+            if not ed.remove_g(old):
+                continue
+            ed.remove_g(new)
+            ed.add_g(new)
+        updated.append(((optype, old), (nptype, new)))
+    return ed.snapshot(), added, removed, updated
+
+
+def _values(rule: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(rule, str):
+        raise ConfigurationError("a rule is a sequence of values, not a string", key="policy")
+    return tuple(rule)
+
+
+def _by_type(changes: Sequence[RuleChange]) -> list[tuple[str, list[list[str]]]]:
+    out: dict[str, list[list[str]]] = {}
+    for ptype, rule in changes:
+        out.setdefault(ptype, []).append(list(rule))
+    return list(out.items())
+
+
+def _call(adapter: Any, batch: str, single: str, ptype: str, rules: list[list[str]]) -> None:
+    if hasattr(adapter, batch):
+        getattr(adapter, batch)(ptype, ptype, rules)
+    else:
+        for rule in rules:
+            getattr(adapter, single)(ptype, ptype, rule)
+
+
+#: PostgreSQL refuses a NOTIFY payload of 8000 bytes or more: larger changes are
+#: announced without their rules (the replicas then reload in full).
+_MAX_ANNOUNCEMENT = 7900
+
+
+def _announcement(origin: str, added: Sequence[RuleChange] = (),
+                  removed: Sequence[RuleChange] = (),
+                  updated: Sequence[tuple[RuleChange, RuleChange]] = ()) -> str:
+    """The payload announcing a change: its origin and, if it fits, the change."""
+    message: dict[str, Any] = {"origin": origin}
+    if added or removed or updated:
+        message["changes"] = {
+            "add": [[t, *r] for t, r in added],
+            "remove": [[t, *r] for t, r in removed],
+            "update": [[[o[0], *o[1]], [n[0], *n[1]]] for o, n in updated],
+        }
+    text = json.dumps(message, separators=(",", ":"))
+    if len(text.encode()) > _MAX_ANNOUNCEMENT:
+        text = json.dumps({"origin": origin}, separators=(",", ":"))
+    return text
+
+
+def _parse_announcement(payload: str) -> dict[str, Any] | None:
+    try:
+        message = json.loads(payload)
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) else None
+
+
+def _rule_change(item: Any) -> RuleChange:
+    if not isinstance(item, list) or not item or not all(isinstance(v, str) for v in item):
+        raise ValueError("not a rule")
+    return item[0], tuple(item[1:])
