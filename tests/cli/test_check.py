@@ -74,6 +74,11 @@ def test_config_is_found_like_serve_and_explain(tmp_path: Path,
     monkeypatch.chdir(tmp_path)
     assert main(["check"]) == 0
     assert capsys.readouterr().out == "check endpointsec.toml\n  0 problems found\n"
+    # --config, as in serve and explain
+    assert main(["check", "--config", str(config)]) == 0
+    assert capsys.readouterr().out == f"check {config}\n  0 problems found\n"
+    assert main(["check", "other.toml", "--config", str(config)]) == 2
+    assert "two configuration files" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

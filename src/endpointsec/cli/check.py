@@ -88,6 +88,8 @@ def register(sub: Any) -> None:
     p.add_argument("config", type=Path, metavar="CONFIG", nargs="?", default=None,
                    help="endpointsec.toml (default: $ENDPOINTSEC_CONFIG, else "
                         "./endpointsec.toml)")
+    p.add_argument("--config", type=Path, dest="config_option", metavar="CONFIG",
+                   help="the same file, given as in serve and explain")
     p.add_argument("--online", action="store_true",
                    help="also fetch every remote key set and discovery document")
     p.set_defaults(handler=run)
@@ -97,7 +99,11 @@ def run(args: argparse.Namespace) -> int:
     """Print the problems found; 1 if there are any."""
     from endpointsec.config import config_path
 
-    args.config = config_path(args.config)  # as serve and explain find it
+    option = getattr(args, "config_option", None)
+    if option is not None and args.config is not None and option != args.config:
+        raise ConfigurationError(f"two configuration files: {args.config} and --config "
+                                 f"{option}; give one")
+    args.config = config_path(args.config or option)  # as serve and explain find it
     problems, notes = lint(args.config)
     if getattr(args, "online", False):
         more, more_notes = check_online(args.config)
