@@ -76,6 +76,7 @@ def test_token_only_caller_has_no_workload() -> None:
     ("text", "message"),
     [
         ("{not json", "not JSON"),
+        ("INFO:     Started server process [1]", "keep only those starting with '{'"),
         ("[1, 2]", "a decision record is a JSON object"),
         (line(time=...), "'time' is missing"),
         (line(time="yesterday"), "not an RFC 3339 time"),
@@ -95,7 +96,7 @@ def test_token_only_caller_has_no_workload() -> None:
         (line(route=3), "'route' must be a string or null"),
         (line(subjects=["role:reader", WEB]), "certificate subject ('peer.id') first"),
     ],
-    ids=["not-json", "not-object", "no-time", "bad-time", "naive-time", "method-type",
+    ids=["not-json", "server-log-line", "not-object", "no-time", "bad-time", "naive-time", "method-type",
          "no-path", "bad-decision", "status-string", "status-bool", "status-range",
          "subjects-string", "subjects-int", "rule-empty", "rule-string", "peer-string",
          "principal-incomplete", "route-type", "peer-not-first"],

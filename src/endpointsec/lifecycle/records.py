@@ -137,6 +137,12 @@ class DecisionRecord:
         return tuple(s for s in self.token_subjects if s.startswith("role:"))
 
 
+_NOT_JSON_HINT = (
+    " (decision records are one JSON object per line; the standard error of "
+    "'endpointsec serve --log-format json' also holds the server's own lines: keep "
+    "only those starting with '{')")
+
+
 def _fail(where: str, message: str) -> ConfigurationError:
     return ConfigurationError(f"{where}: {message}")
 
@@ -216,7 +222,7 @@ def iter_records(lines: Iterable[str], *, source: str = "<records>") -> Iterator
         try:
             data = json.loads(text)
         except ValueError as exc:
-            raise _fail(where, f"not JSON: {exc}") from None
+            raise _fail(where, f"not JSON: {exc}{_NOT_JSON_HINT}") from None
         record = _record(data, where)
         if record is not None:
             yield record
