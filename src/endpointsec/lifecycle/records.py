@@ -159,7 +159,9 @@ def _opt_str(data: Mapping[str, Any], key: str, where: str) -> str | None:
 def _record(data: Any, where: str) -> DecisionRecord | None:
     if not isinstance(data, dict):
         raise _fail(where, "a decision record is a JSON object")
-    event = data.get("event", EVENT)
+    # Records of endpointsec's other loggers, as JSONFormatter writes them next to the
+    # decisions (a key-set warning ...), have a 'logger' and no 'event': not decisions.
+    event = data.get("event", data.get("logger", EVENT))
     if event != EVENT:
         return None
     for key in ("time", "method", "path", "decision"):
