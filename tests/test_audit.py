@@ -376,3 +376,25 @@ def test_record_time_is_the_datetime_rendering(epoch: float) -> None:
 
     expected = dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     assert _iso(epoch) == expected
+
+
+def test_text_line_of_a_policy_denial_names_the_subjects(material: Material) -> None:
+    """'no rule matched ... for 3 subject(s)' is answerable from the text line alone."""
+    app = ASGIMiddleware(ok_app, config=material.config())
+    token = material.issuer.issue(sub="bob", roles=["viewer"])
+    with capture(formatter=TextFormatter()) as text_log:
+        assert call_asgi(app, asgi_scope("/admin", cert=material.client, token=token)) == 403
+    line = text_log.stream.getvalue()
+    subjects = line.split(" subjects=", 1)[1].split(" ", 1)[0].split(",")
+    assert subjects == [SID, f"{ISSUER}#bob", "role:viewer"]
+    # bounded: a token with many roles does not make a long line
+    token = material.issuer.issue(sub="bob", roles=[f"r{i}" for i in range(10)])
+    with capture(formatter=TextFormatter()) as text_log:
+        assert call_asgi(app, asgi_scope("/admin", cert=material.client, token=token)) == 403
+    line = text_log.stream.getvalue()
+    assert f"subjects={SID},{ISSUER}#bob,role:r0,role:r1,role:r2,role:r3,role:r4,role:r5,"\
+           "+4 more " in line
+    # a 401 has no policy subjects to show
+    with capture(formatter=TextFormatter()) as text_log:
+        assert call_asgi(app, asgi_scope("/admin", cert=None)) == 401
+    assert "subjects=" not in text_log.stream.getvalue()

@@ -249,6 +249,10 @@ def decision_record(
     }
 
 
+#: Subjects written on a refusal's text line (the JSON record has all of them).
+_TEXT_SUBJECTS = 8
+
+
 def text_line(record: Mapping[str, Any]) -> str:
     """The record on one line of plain text, every client-controlled part escaped."""
     peer = record["peer"]
@@ -262,6 +266,13 @@ def text_line(record: Mapping[str, Any]) -> str:
         parts.append(f"peer={peer['id']}")
     if token is not None:
         parts.append(f"user={token['issuer']}#{token['subject']}")
+    if record["status"] == 403 or record["decision"] == "would_deny":
+        # what the policy was asked about: the roles, scopes and groups that were held
+        subjects = record["subjects"]
+        if subjects:
+            shown = ",".join(subjects[:_TEXT_SUBJECTS])
+            more = len(subjects) - _TEXT_SUBJECTS
+            parts.append(f"subjects={shown}" + (f",+{more} more" if more > 0 else ""))
     if rule is not None:
         parts.append("rule=" + ",".join(rule))
     if record["route"] is not None:

@@ -225,8 +225,8 @@ def config_path(path: str | Path | None = None) -> Path:
     if not found.is_file():
         raise ConfigurationError(
             f"no configuration file: {CONFIG_ENV} is not set and there is no "
-            f"{DEFAULT_CONFIG} in {Path.cwd()}; pass a path to load_config() or set "
-            f"{CONFIG_ENV}")
+            f"{DEFAULT_CONFIG} in {Path.cwd()}; pass a path (load_config(path); on the "
+            f"command line, --config FILE) or set {CONFIG_ENV}")
     return found
 
 

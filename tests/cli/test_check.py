@@ -55,6 +55,32 @@ def test_clean_configuration_exits_0(tmp_path: Path,
     assert capsys.readouterr().out == f"check {config}\n  0 problems found\n"
 
 
+def test_config_is_found_like_serve_and_explain(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    # no argument: $ENDPOINTSEC_CONFIG, else ./endpointsec.toml
+    config = _project(tmp_path, CLEAN_POLICY)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("ENDPOINTSEC_CONFIG", raising=False)
+    assert main(["check"]) == 2
+    err = capsys.readouterr().err
+    assert "no configuration file" in err and "--config FILE" in err
+    monkeypatch.setenv("ENDPOINTSEC_CONFIG", str(config))
+    assert main(["check"]) == 0
+    assert capsys.readouterr().out == f"check {config}\n  0 problems found\n"
+    monkeypatch.delenv("ENDPOINTSEC_CONFIG")
+    monkeypatch.chdir(tmp_path)
+    assert main(["check"]) == 0
+    assert capsys.readouterr().out == "check endpointsec.toml\n  0 problems found\n"
+    # --config, as in serve and explain
+    assert main(["check", "--config", str(config)]) == 0
+    assert capsys.readouterr().out == f"check {config}\n  0 problems found\n"
+    assert main(["check", "other.toml", "--config", str(config)]) == 2
+    assert "two configuration files" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("extra_rule", "routes", "expected"),
     [

@@ -188,3 +188,86 @@ def test_serve_without_any_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.delenv("ENDPOINTSEC_CONFIG", raising=False)
     assert main(["serve", "app:app"]) == 2
     assert "no configuration file" in capsys.readouterr().err
+
+
+# -- a source that cannot see the server's certificates is named at start --------------
+
+@pytest.mark.parametrize(
+    ("identity", "asgi", "warned"),
+    [
+        ('sources = ["asgi-tls"]', True, None),
+        ('sources = ["gunicorn"]', False, None),
+        ('sources = ["asgi-tls"]', False, "'gunicorn'"),
+        ('sources = ["wsgi-environ"]', False, "'gunicorn'"),
+        ('sources = ["gunicorn"]', True, "'asgi-tls'"),
+        ("", True, "'asgi-tls'"),
+    ],
+    ids=["uvicorn-asgi-tls", "gunicorn-gunicorn", "gunicorn-asgi-tls",
+         "gunicorn-wsgi-environ", "uvicorn-gunicorn", "uvicorn-none"],
+)
+def test_source_warning(tmp_path: Path, identity: str, asgi: bool,
+                        warned: str | None) -> None:
+    from endpointsec import load_config
+    from endpointsec.cli.serve import source_warning
+
+    cfg = tmp_path / "endpointsec.toml"
+    cfg.write_text(f"[identity]\n{identity}\n[policy]\nallow_authenticated = true\n")
+    message = source_warning(load_config(cfg), asgi=asgi)
+    if warned is None:
+        assert message is None
+    else:
+        assert message is not None
+        assert f"add {warned} to [identity] sources" in message
+
+
+def test_source_warning_leaves_a_proxy_alone(tmp_path: Path) -> None:
+    from endpointsec import Config
+    from endpointsec.cli.serve import source_warning
+
+    config = Config.from_mapping({
+        "proxy": {"trusted": ["127.0.0.1/32"], "sources": ["xfcc"]},
+        "policy": {"allow_authenticated": True},
+    })
+    assert source_warning(config, asgi=False) is None
+
+
+def test_serve_warns_when_gunicorn_certificates_are_not_read(
+        tmp_path: Path, served_pki: Path) -> None:
+    """A Flask app served with the ASGI quickstart's sources: the warning is printed."""
+    import os
+    import subprocess
+    import sys
+
+    import endpointsec
+
+    port = _free_port()
+    cfg = _write_config(tmp_path / "endpointsec.toml", served_pki, port)
+    cfg.write_text('[identity]\nsources = ["asgi-tls"]\n' + cfg.read_text())
+    (tmp_path / "flask_probe.py").write_text(
+        "from flask import Flask\napp = Flask(__name__)\n")
+    src = str(Path(endpointsec.__file__).resolve().parent.parent)
+    pythonpath = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "endpointsec.cli", "serve", "flask_probe:app",
+         "--app-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": pythonpath}, text=True,
+    )
+    import socket
+    import time
+
+    deadline = time.monotonic() + 30
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:  # listening: the banner has been printed
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+    lines = out.splitlines()
+    assert "(gunicorn, WSGI" in lines[0]
+    assert any(line.startswith("  warning:") and "add 'gunicorn'" in line
+               for line in lines), lines

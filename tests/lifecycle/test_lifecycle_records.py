@@ -66,6 +66,20 @@ def test_extra_fields_blank_lines_and_other_events() -> None:
     assert [r.where for r in records] == ["d.jsonl:1", "d.jsonl:5"]
 
 
+def test_records_of_other_endpointsec_loggers_are_skipped() -> None:
+    """`endpointsec serve --log-format json` writes every endpointsec logger's records
+    with the same formatter: a key-set warning has no 'event', only its 'logger'."""
+    from endpointsec.audit import JSONFormatter
+
+    warning = logging.LogRecord("endpointsec.tokens", logging.WARNING, __file__, 1,
+                                "issuer 'x': key set fetch failed", None, None)
+    other = JSONFormatter().format(warning)
+    assert "event" not in json.loads(other)
+    assert [r.request_id for r in iter_records([other, line()])] == ["r1"]
+    # a record without 'event' that is not from another logger is still a decision
+    assert len(list(iter_records([line(event=...)]))) == 1
+
+
 def test_token_only_caller_has_no_workload() -> None:
     (r,) = iter_records([line(peer=None, subjects=["https://i#bob", "role:admin"])])
     assert r.workload is None and r.user_subject == "https://i#bob"
@@ -76,6 +90,7 @@ def test_token_only_caller_has_no_workload() -> None:
     ("text", "message"),
     [
         ("{not json", "not JSON"),
+        ("INFO:     Started server process [1]", "keep only those starting with '{'"),
         ("[1, 2]", "a decision record is a JSON object"),
         (line(time=...), "'time' is missing"),
         (line(time="yesterday"), "not an RFC 3339 time"),
@@ -95,7 +110,8 @@ def test_token_only_caller_has_no_workload() -> None:
         (line(route=3), "'route' must be a string or null"),
         (line(subjects=["role:reader", WEB]), "certificate subject ('peer.id') first"),
     ],
-    ids=["not-json", "not-object", "no-time", "bad-time", "naive-time", "method-type",
+    ids=["not-json", "server-log-line", "not-object", "no-time", "bad-time", "naive-time",
+         "method-type",
          "no-path", "bad-decision", "status-string", "status-bool", "status-range",
          "subjects-string", "subjects-int", "rule-empty", "rule-string", "peer-string",
          "principal-incomplete", "route-type", "peer-not-first"],

@@ -92,7 +92,7 @@ def test_missing_or_bad_marker_is_a_usage_error(project: pytest.Pytester) -> Non
     result = project.runpytest()
     result.assert_outcomes(errors=1 + len(BAD_MARKERS))
     result.stdout.fnmatch_lines(["*ERROR at setup of test_no_marker*",
-                                 "*needs @pytest.mark.endpointsec_policy*"])
+                                 "E *endpointsec_policy needs @pytest.mark.endpointsec_policy*"])
     for name, (_, message) in BAD_MARKERS.items():
         result.stdout.fnmatch_lines([f"*ERROR at setup of test_{name} *", f"E *{message}*"])
 

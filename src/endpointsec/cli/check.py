@@ -4,8 +4,9 @@
 
     endpointsec check endpointsec.toml
 
-Problems reported (exit status 1 when there is any, 0 when there is none), each with
-the policy file and its line number:
+Without ``CONFIG``, the file ``serve`` and ``explain`` read: ``$ENDPOINTSEC_CONFIG``,
+else ``./endpointsec.toml``. Problems reported (exit status 1 when there is any, 0 when
+there is none), each with the policy file and its line number:
 
 * the configuration does not load (unknown keys, bad values, missing files): the
   loader's own message, which names the key;
@@ -84,7 +85,11 @@ def register(sub: Any) -> None:
         "check", help="lint configuration, model and policy (exit 1 on problems)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", type=Path, metavar="CONFIG", help="endpointsec.toml")
+    p.add_argument("config", type=Path, metavar="CONFIG", nargs="?", default=None,
+                   help="endpointsec.toml (default: $ENDPOINTSEC_CONFIG, else "
+                        "./endpointsec.toml)")
+    p.add_argument("--config", type=Path, dest="config_option", metavar="CONFIG",
+                   help="the same file, given as in serve and explain")
     p.add_argument("--online", action="store_true",
                    help="also fetch every remote key set and discovery document")
     p.set_defaults(handler=run)
@@ -92,6 +97,13 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the problems found; 1 if there are any."""
+    from endpointsec.config import config_path
+
+    option = getattr(args, "config_option", None)
+    if option is not None and args.config is not None and option != args.config:
+        raise ConfigurationError(f"two configuration files: {args.config} and --config "
+                                 f"{option}; give one")
+    args.config = config_path(args.config or option)  # as serve and explain find it
     problems, notes = lint(args.config)
     if getattr(args, "online", False):
         more, more_notes = check_online(args.config)

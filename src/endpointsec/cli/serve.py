@@ -10,9 +10,11 @@ the server does. ``--wrap`` wraps the app in endpointsec's middleware for apps t
 not wire it themselves.
 
 At start it prints the URL it listens on, the configuration file, the policy size and
-the trust domains. ``--log-level`` applies to endpointsec's loggers too (and
-``--log-format json`` writes them as JSON lines): at ``info`` each denial is one line
-with its reason. ``--metrics-port N`` serves Prometheus metrics on
+the trust domains, and a warning when ``[identity] sources`` cannot see the certificates
+this server passes (``"asgi-tls"`` for uvicorn, ``"gunicorn"`` for gunicorn).
+``--log-level`` applies to endpointsec's loggers too (and ``--log-format json`` writes
+them as JSON lines): the default, ``warning``, logs no denial; at ``info`` each denial is
+one line with its reason. ``--metrics-port N`` serves Prometheus metrics on
 ``127.0.0.1:N/metrics``, apart from the app.
 """
 
@@ -32,7 +34,7 @@ from endpointsec.config import CONFIG_ENV, Config, load_config
 from endpointsec.config import config_path as find_config_path
 from endpointsec.errors import ConfigurationError
 
-__all__ = ["import_app", "is_asgi", "register", "serve"]
+__all__ = ["import_app", "is_asgi", "register", "serve", "source_warning"]
 
 
 def register(sub: Any) -> None:
@@ -54,7 +56,8 @@ def register(sub: Any) -> None:
                    help="uvicorn HTTP implementation (ASGI apps)")
     p.add_argument("--log-level", default="warning",
                    choices=["critical", "error", "warning", "info", "debug"],
-                   help="server and endpointsec log level (info: one line per denial)")
+                   help="server and endpointsec log level (default warning: denials are not "
+                        "logged; info: one line per denial with its reason)")
     p.add_argument("--log-format", default="text", choices=["text", "json"],
                    help="endpointsec's log records as plain text or JSON lines")
     p.add_argument("--metrics-port", type=int, default=None, metavar="N",
@@ -152,8 +155,26 @@ def _trust_summary(config: Config) -> str:
     return "none (no certificate source configured)"
 
 
+def source_warning(config: Config, *, asgi: bool) -> str | None:
+    """The warning for an ``[identity] sources`` that cannot see the certificates of the
+    server ``serve`` starts (uvicorn fills ``"asgi-tls"``, gunicorn ``"gunicorn"``), or
+    ``None``. Without this source every route that needs a client certificate answers 401
+    ("none was presented") although clients send one. A ``[proxy]`` is left alone: its
+    certificates come from a header."""
+    if config.proxy is not None:
+        return None
+    needed, server = ("asgi-tls", "uvicorn (ASGI apps)") if asgi else ("gunicorn",
+                                                                         "gunicorn (WSGI apps)")
+    sources = list(config.identity.sources)
+    if needed in sources:
+        return None
+    return (f"[identity] sources = {sources!r} does not read the client certificates "
+            f"{server} passes to the app: add {needed!r} to [identity] sources, or every "
+            "route that requires mTLS answers 401 (no certificate)")
+
+
 def _announce(config: Config, config_path: Path, *, host: str, port: int, server: str,
-              metrics: str | None) -> None:
+              metrics: str | None, warning: str | None = None) -> None:
     client = config.server.client_cert
     lines = [
         f"endpointsec serve: listening on https://{_url_host(host)}:{port} ({server}, "
@@ -164,6 +185,8 @@ def _announce(config: Config, config_path: Path, *, host: str, port: int, server
     ]
     if metrics is not None:
         lines.append(f"  metrics:       {metrics}")
+    if warning is not None:
+        lines.append(f"  warning:       {warning}")
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
@@ -198,7 +221,8 @@ def serve(app_spec: str, *, config_path: Path | None = None, app_dir: Path = Pat
     cert_reqs = ssl.CERT_REQUIRED if config.server.client_cert == "required" else ssl.CERT_OPTIONAL
     asgi = is_asgi(app)
     _announce(config, path, host=host, port=port,
-              server="uvicorn, ASGI" if asgi else "gunicorn, WSGI", metrics=metrics_url)
+              server="uvicorn, ASGI" if asgi else "gunicorn, WSGI", metrics=metrics_url,
+              warning=source_warning(config, asgi=asgi))
     if asgi:
         import uvicorn
 

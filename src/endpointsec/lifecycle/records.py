@@ -137,6 +137,12 @@ class DecisionRecord:
         return tuple(s for s in self.token_subjects if s.startswith("role:"))
 
 
+_NOT_JSON_HINT = (
+    " (decision records are one JSON object per line; the standard error of "
+    "'endpointsec serve --log-format json' also holds the server's own lines: keep "
+    "only those starting with '{')")
+
+
 def _fail(where: str, message: str) -> ConfigurationError:
     return ConfigurationError(f"{where}: {message}")
 
@@ -153,7 +159,9 @@ def _opt_str(data: Mapping[str, Any], key: str, where: str) -> str | None:
 def _record(data: Any, where: str) -> DecisionRecord | None:
     if not isinstance(data, dict):
         raise _fail(where, "a decision record is a JSON object")
-    event = data.get("event", EVENT)
+    # Records of endpointsec's other loggers, as JSONFormatter writes them next to the
+    # decisions (a key-set warning ...), have a 'logger' and no 'event': not decisions.
+    event = data.get("event", data.get("logger", EVENT))
     if event != EVENT:
         return None
     for key in ("time", "method", "path", "decision"):
@@ -216,7 +224,7 @@ def iter_records(lines: Iterable[str], *, source: str = "<records>") -> Iterator
         try:
             data = json.loads(text)
         except ValueError as exc:
-            raise _fail(where, f"not JSON: {exc}") from None
+            raise _fail(where, f"not JSON: {exc}{_NOT_JSON_HINT}") from None
         record = _record(data, where)
         if record is not None:
             yield record

@@ -250,8 +250,12 @@ def _marked_gatekeeper(request: pytest.FixtureRequest, tmp_path: Path) -> Gateke
 
     marker = request.node.get_closest_marker(MARKER)
     if marker is None:
+        # name the fixture the test asked for (endpointsec_policy uses this one)
+        asked = ("endpointsec_policy"
+                 if "endpointsec_policy" in getattr(request.node, "fixturenames", ())
+                 else request.fixturename)
         raise pytest.UsageError(
-            f"{request.fixturename} needs @pytest.mark.{MARKER}(model=..., policy=...) "
+            f"{asked} needs @pytest.mark.{MARKER}(model=..., policy=...) "
             "or (config=...) or (rules=[...]) on the test, its class or its module")
     if marker.args:
         raise pytest.UsageError(f"@pytest.mark.{MARKER} takes keyword arguments only")
