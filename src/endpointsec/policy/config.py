@@ -100,6 +100,9 @@ class PolicyConfig:
     redis_password_file: Path | None = None
     #: The notification channel shared by the replicas.
     channel: str = "endpointsec_policy"
+    #: Seconds between two full reloads of a database policy while its watcher is
+    #: connected (0: never): corrects any change announcement missed or misordered.
+    resync_interval: float = 60.0
 
     def __post_init__(self) -> None:
         if self.watch_interval <= 0:
@@ -190,4 +193,5 @@ class PolicyConfig:
             redis_password_env=t.string("redis_password_env", None),
             redis_password_file=t.path("redis_password_file", None, must_exist=False),
             channel=t.string("channel", "endpointsec_policy"),
+            resync_interval=t.number("resync_interval", 60.0, minimum=0.0),
         )

@@ -780,6 +780,10 @@ class CasbinPolicy:
                     raise
                 raise ConfigurationError(reason, key="policy") from exc
             self._snapshot = snapshot
+            # Every write of ours so far is in what was just read: none is pending any
+            # more (set under the same lock as the read, so a write made after it still
+            # counts).
+            self._own_pending = 0
             self.generation += 1
             self.last_reload_error = None
             logger.info("policy reloaded (generation %d, %s engine)",
@@ -898,6 +902,11 @@ class CasbinPolicy:
         watcher = getattr(self, "_policy_watcher", None)
         if watcher is not None and not self._announced_by_write():
             watcher.publish(_announcement(self.origin))
+        if not getattr(self._adapter, "last_write_exact", True):
+            # The store changed other rows than asked (a concurrent change of the same
+            # rules by another replica): the table, not this process, says what holds.
+            with contextlib.suppress(ConfigurationError):  # logged; the last good stays
+                self.reload()
         return count
 
     def _announced_by_write(self) -> bool:
@@ -989,11 +998,9 @@ class CasbinPolicy:
         if not full:
             return True
         try:
-            self.reload()
+            self.reload()  # also forgets our pending writes: it read them all
         except ConfigurationError:
             return not getattr(self._adapter, "unavailable", False)
-        with self._reload_lock:
-            self._own_pending = 0  # the reload read every write of ours
         return True
 
     def _apply_announced(self, changes: Sequence[dict[str, Any]]) -> bool:

@@ -19,6 +19,7 @@ re-read so a rotated secret is picked up).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -150,6 +151,9 @@ class PostgresAdapter(Adapter):  # type: ignore[misc]
                                if notify_channel is not None else None)
         #: A payload for our own notifications (set by the policy: its origin id).
         self.notify_payload = ""
+        #: Whether the last write changed exactly the rows it was asked to (else the
+        #: writer reloads too: another replica changed the same rules concurrently).
+        self.last_write_exact = True
         self._password = password or (lambda: None)
         self._timeout = max(1, round(connect_timeout))
         self._create = create_table
@@ -257,9 +261,23 @@ class PostgresAdapter(Adapter):  # type: ignore[misc]
         sql = self._psycopg.sql
         return sql.Identifier(*self.table.split("."))
 
-    def _notify(self, cur: Any) -> None:
-        if self.notify_channel is not None:
-            cur.execute("SELECT pg_notify(%s, %s)", (self.notify_channel, self.notify_payload))
+    def _notify(self, cur: Any, *, exact: bool = True) -> None:
+        """Announce the transaction's change. ``exact=False``: the rows changed are not
+        the change asked for (another replica changed the same rules at the same time),
+        so the announcement carries no change and every replica reloads the table."""
+        self.last_write_exact = exact
+        if self.notify_channel is None:
+            return
+        payload = self.notify_payload
+        if not exact:
+            try:
+                message = json.loads(payload)
+            except ValueError:
+                message = None
+            if isinstance(message, dict):
+                message.pop("changes", None)
+                payload = json.dumps(message, separators=(",", ":"))
+        cur.execute("SELECT pg_notify(%s, %s)", (self.notify_channel, payload))
 
     # -- reading -----------------------------------------------------------------------
 
@@ -299,7 +317,7 @@ class PostgresAdapter(Adapter):  # type: ignore[misc]
         return (ptype, *rule, *([fill] * (len(_COLUMNS) - len(rule))))
 
     def _insert(self, cur: Any, ptype: str, rules: Iterable[Sequence[str]], *,
-                unique: bool = False) -> None:
+                unique: bool = False) -> int:
         """Insert rules (with ``unique``: only those not in the table yet)."""
         sql = self._psycopg.sql
         if unique:
@@ -312,8 +330,16 @@ class PostgresAdapter(Adapter):  # type: ignore[misc]
             rows = [self._padded(ptype, r, None) for r in rules]
             query = sql.SQL("INSERT INTO {} (ptype, v0, v1, v2, v3, v4, v5) "
                             "VALUES (%s, %s, %s, %s, %s, %s, %s)").format(self._ident())
-        if rows:
+        if not rows:
+            return 0
+        if not unique:
             cur.executemany(query, rows)
+            return len(rows)
+        inserted = 0
+        for row in rows:  # one by one: how many were new is what is announced
+            cur.execute(query, row)
+            inserted += int(cur.rowcount)
+        return inserted
 
     def _delete(self, cur: Any, ptype: str, rule: Sequence[str]) -> int:
         """Delete every row equal to ``rule`` (a rule is in the policy or not)."""
@@ -373,8 +399,8 @@ class PostgresAdapter(Adapter):  # type: ignore[misc]
 
     def add_policies(self, sec: str, ptype: str, rules: Sequence[Sequence[str]]) -> bool:
         with self._transaction() as cur:
-            self._insert(cur, ptype, rules, unique=True)
-            self._notify(cur)
+            inserted = self._insert(cur, ptype, rules, unique=True)
+            self._notify(cur, exact=inserted == len(rules))
         return True
 
     def remove_policy(self, sec: str, ptype: str, rule: Sequence[str]) -> bool:
@@ -382,9 +408,9 @@ class PostgresAdapter(Adapter):  # type: ignore[misc]
 
     def remove_policies(self, sec: str, ptype: str, rules: Sequence[Sequence[str]]) -> bool:
         with self._transaction() as cur:
-            removed = sum(self._delete(cur, ptype, rule) for rule in rules)
-            self._notify(cur)
-        return removed > 0
+            counts = [self._delete(cur, ptype, rule) for rule in rules]
+            self._notify(cur, exact=all(counts))
+        return sum(counts) > 0
 
     def remove_filtered_policy(self, sec: str, ptype: str, field_index: int,
                                *field_values: str) -> bool:
@@ -409,10 +435,10 @@ class PostgresAdapter(Adapter):  # type: ignore[misc]
     def update_policies(self, sec: str, ptype: str, old_rules: Sequence[Sequence[str]],
                         new_rules: Sequence[Sequence[str]]) -> bool:
         with self._transaction() as cur:
-            changed = sum(self._update(cur, ptype, o, n) for o, n in zip(old_rules, new_rules,
-                                                                          strict=True))
-            self._notify(cur)
-        return changed > 0
+            counts = [self._update(cur, ptype, o, n)
+                      for o, n in zip(old_rules, new_rules, strict=True)]
+            self._notify(cur, exact=all(counts))
+        return sum(counts) > 0
 
 
 #: Connections inherited from a parent process: kept referenced, never closed here.
@@ -455,10 +481,12 @@ def watcher_from_config(config: PolicyConfig,
             raise ConfigurationError("watcher = \"redis\" needs redis_url",
                                      key="policy.redis_url")
         return RedisWatcher(url=config.redis_url, channel=config.channel,
+                            resync_interval=config.resync_interval,
                             password=secret_reader(env=config.redis_password_env,
                                                    file=config.redis_password_file,
                                                    key="policy.redis_password_env"))
-    return PostgresWatcher(connect=adapter.connect, channel=config.channel)
+    return PostgresWatcher(connect=adapter.connect, channel=config.channel,
+                           resync_interval=config.resync_interval)
 
 
 def open_database_policy(config: PolicyConfig) -> CasbinPolicy:

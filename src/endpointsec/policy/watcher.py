@@ -61,11 +61,17 @@ class _ListeningThread:
     kind = "watcher"
 
     def __init__(self, *, channel: str, backoff_initial: float = 0.2,
-                 backoff_max: float = 5.0, poll: float = 1.0) -> None:
+                 backoff_max: float = 5.0, poll: float = 1.0,
+                 resync_interval: float = 60.0) -> None:
         if backoff_initial <= 0 or backoff_max < backoff_initial:
             raise ConfigurationError("backoff must be positive and its cap at least the "
                                      "first delay", key="policy.watcher")
+        if resync_interval < 0:
+            raise ConfigurationError("must be at least 0", key="policy.resync_interval")
         self.channel = channel
+        #: Seconds between two full reloads while connected (0: never). A safety net:
+        #: an announcement missed or applied out of order is corrected within it.
+        self.resync_interval = resync_interval
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.poll = poll
@@ -120,8 +126,13 @@ class _ListeningThread:
                 # Announcements made before we listened are lost: reload in full.
                 self._deliver([""])
                 self.connected.set()  # listening and caught up
+                synced = time.monotonic()
                 while not stop.is_set():
                     payloads = self._wait()
+                    if self.resync_interval and (
+                            time.monotonic() - synced >= self.resync_interval):
+                        payloads = [*payloads, ""]  # a full reload (anti-entropy)
+                        synced = time.monotonic()
                     if payloads:
                         self._deliver(payloads)
             except Exception as exc:
