@@ -499,13 +499,21 @@ def test_attack_double_encoding_is_decoded_once(asgi: tuple[ASGIMiddleware, Reco
 def test_attack_raw_path_disagrees_with_path(asgi: tuple[ASGIMiddleware, Recorder],
                                              world: World) -> None:
     """The decision is made on ``raw_path`` (what was on the wire); a forged ``path``
-    or a ``root_path`` cannot make a protected request public."""
+    or a ``root_path`` cannot make a protected request public: a server whose ``path``
+    says something else than its ``raw_path`` is refused (400), since the app routes on
+    ``path`` (formerly a public ``raw_path`` let the app run ``/files/secret/x``)."""
     mw, rec = asgi
-    assert_refused(run_asgi(mw, http_scope(b"/files/secret/x", path="/healthz"), rec), 401)
+    assert_refused(run_asgi(mw, http_scope(b"/files/secret/x", path="/healthz"), rec), 400)
     scope = http_scope(b"/api/files/secret/x", root_path="/api", cert=world.alice)
     assert_refused(run_asgi(mw, scope, rec), 403)
     scope = http_scope(b"/healthz", root_path="/healthz", path="/healthz/files/secret/x")
-    assert run_asgi(mw, scope, rec).status == 200  # raw_path is public: it is /healthz
+    assert_refused(run_asgi(mw, scope, rec), 400)
+    # uvicorn --root-path: path carries the root, raw_path the wire path
+    scope = http_scope(b"/files/secret/x", root_path="/api", path="/api/files/secret/x",
+                       cert=world.alice)
+    assert_refused(run_asgi(mw, scope, rec), 403)
+    scope = http_scope(b"/healthz", root_path="/api", path="/api/healthz")
+    assert run_asgi(mw, scope, rec).status == 200
 
 
 # -- the authorized path is the routed path, for every [policy.paths] option --------------

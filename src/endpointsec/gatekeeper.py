@@ -55,6 +55,7 @@ from endpointsec.routing import RouteTable
 from endpointsec.wirepath import (
     asgi_headers,
     asgi_raw_path,
+    check_asgi_paths_agree,
     check_routed_path,
     wsgi_headers,
     wsgi_raw_path,
@@ -217,6 +218,9 @@ class Gatekeeper:
         method = "GET" if websocket else str(scope.get("method", ""))
         raw_path = asgi_raw_path(scope)
         route = self.route(method, raw_path, wire=True)
+        error = check_asgi_paths_agree(scope, raw_path)
+        if error is not None and route[1] is None:
+            route = (None, error, self.routes.defaults)
         headers = asgi_headers(scope)
         if headers is None:
             headers = []

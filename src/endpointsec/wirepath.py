@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote, unquote_to_bytes
+from urllib.parse import quote, unquote, unquote_to_bytes
 
 from endpointsec.errors import PathError
 
 __all__ = [
     "asgi_headers",
     "asgi_raw_path",
+    "check_asgi_paths_agree",
     "check_routed_path",
     "quote_path",
     "routed_path",
@@ -56,6 +57,27 @@ def asgi_raw_path(scope: Mapping[str, Any]) -> str:
             raw = raw.replace(b"#", b"%23")
         return raw.decode("latin-1")
     return quote_path(str(scope.get("path", "")))
+
+
+def check_asgi_paths_agree(scope: Mapping[str, Any], raw_path: str) -> PathError | None:
+    """The app routes on ``scope["path"]``, endpointsec authorizes ``raw_path``: a server
+    whose two disagree (a ``raw_path`` carrying what ``path`` does not, or the reverse)
+    is refused, so that what is authorized is always what is routed. Checked for ASCII
+    paths (servers refuse the others); one string comparison when nothing is encoded."""
+    path = scope.get("path")
+    if not isinstance(path, str) or not isinstance(scope.get("raw_path"), bytes):
+        return None  # no raw_path: raw_path was built from path itself
+    if path == raw_path or not raw_path.isascii():
+        return None
+    decoded = unquote(raw_path) if "%" in raw_path else raw_path  # as uvicorn decodes
+    if decoded == path:
+        return None
+    # A root path (a mount, or uvicorn --root-path) is in path and maybe not on the wire.
+    root = scope.get("root_path")
+    if isinstance(root, str) and root and path.startswith(root) and (
+            decoded == path[len(root):] or root + decoded == path):
+        return None
+    return PathError("the server's path and raw_path disagree")
 
 
 def wsgi_raw_path(environ: Mapping[str, Any]) -> str:
