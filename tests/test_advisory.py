@@ -1553,3 +1553,107 @@ def test_advisory_large_cookies_are_never_remembered(world: World) -> None:
         tracemalloc.stop()
     # 200 requests carried 12.8 MiB of cookies; none of it may stay.
     assert grown < 1024 * 1024, grown
+
+
+# -- policy objects that no request path can match ------------------------------------
+
+
+@pytest.mark.parametrize("obj", [
+    pytest.param("/reports/q4 draft/*", id="space"),
+    pytest.param("/reports/café/*", id="non-ascii"),
+    pytest.param("/reports/caf%c3%a9/*", id="lower-case-escape"),
+    pytest.param("/reports/%7Eexport/*", id="escaped-unreserved"),
+])
+def test_advisory_deny_rule_written_unnormalized_denied_nothing(world: World, tmp_path: Path,
+                                                                obj: str) -> None:
+    """Request paths are matched in their normalized form (``%20`` for a space, UTF-8
+    escapes in upper case, unreserved characters decoded). A deny rule written with a
+    raw space, raw non-ASCII text, a lower-case escape or an escaped ``~`` matched no
+    request at all: alice reached ``/reports/q4%20draft/x`` through her ``/reports/*``
+    allow. Such objects are now refused at load, with the spelling that matches."""
+    policy = tmp_path / "policy.csv"
+    policy.write_text(f"p, {ALICE}, *, /reports/*, *, allow\n"
+                      f"p, {ALICE}, *, {obj}, *, deny\n", encoding="utf-8")
+    with pytest.raises(ConfigurationError) as info:
+        world.gatekeeper(sources=["asgi-tls"], policy={"policy": str(policy)})
+    assert f"{policy}:2: " in str(info.value)
+    assert "never matches a request path" in str(info.value)
+
+
+def test_attack_resource_names_are_not_paths(world: World, tmp_path: Path) -> None:
+    """Objects that are not paths (``resource=`` overrides) are left as written."""
+    policy = tmp_path / "policy.csv"
+    policy.write_text(f"p, {ALICE}, *, order reports, read, allow\n")
+    gk = world.gatekeeper(sources=["asgi-tls"], policy={"policy": str(policy)})
+    assert gk.policy.evaluate(subjects=(ALICE,), resource="order reports",
+                              action="read").allowed
+
+
+# -- a tenant header is a client's: never remembered at any size --------------------------
+
+
+def test_advisory_long_tenant_headers_are_not_remembered(world: World) -> None:
+    """The policy engine remembered its answer, the roles held and the role graph walk
+    per tenant, keyed on the tenant header's value: one authenticated client sending a
+    new 16 KiB tenant per request grew each worker by ~17 KiB a request, up to the
+    caches' 10,000 entries (~175 MiB). Long tenants are now answered without being
+    remembered."""
+    gk = world.gatekeeper(sources=["asgi-tls"],
+                          policy={"policy": "tenants.csv", "domain_header": "x-tenant"})
+    recorder = Recorder()
+    app = ASGIMiddleware(recorder.asgi, gatekeeper=gk)
+    for i in range(50):
+        tenant = f"t{i}-".encode() + b"x" * 16_000
+        scope = http_scope(b"/admin/x", cert=world.alice, headers=[(b"x-tenant", tenant)])
+        assert_refused(run_asgi(app, scope, recorder), 403)
+    ok = http_scope(b"/admin/x", cert=world.alice, headers=[(b"x-tenant", b"tenant-a")])
+    assert run_asgi(app, ok, recorder).status == 200
+    snapshot = gk.policy._snapshot  # type: ignore[attr-defined]
+    held = [key for cache in (snapshot._views, snapshot._roles, snapshot._reach_cache)
+            for key in cache]
+    assert held, "the short tenant is remembered"
+    assert max(len(str(key)) for key in held) < 1024, "a 16 KiB tenant is remembered"
+
+
+# -- the verified-token cache and a key-set change during a verification --------------
+
+
+def test_advisory_token_verified_with_a_removed_key_was_remembered() -> None:
+    """A request looked up the issuer's key, the key set then changed (the key removed,
+    the token cache emptied for that issuer), and only then did the request store its
+    token in the cache: that token kept verifying from the cache with a key the issuer
+    had withdrawn, until its ``exp``. A token verified with a key looked up before a
+    key-set change is no longer remembered."""
+    from endpointsec.errors import TokenError
+    from endpointsec.tokens import build_token_verifier
+    from endpointsec.tokens.config import IssuerConfig, TokensConfig
+    from endpointsec.tokens.jwks import RemoteKeySource
+
+    issuer = TokenIssuer()
+    with issuer.serve():
+        verifier = build_token_verifier(TokensConfig(issuers=(IssuerConfig(
+            issuer=issuer.issuer, audiences=(issuer.audience,),
+            algorithms=(issuer.algorithm,), jwks_url=issuer.jwks_url, allow_http=True),)))
+        assert verifier is not None
+        try:
+            source = verifier.key_source(issuer.issuer)  # type: ignore[attr-defined]
+            assert isinstance(source, RemoteKeySource)
+            token = issuer.issue("alice")
+            warm = issuer.issue("bob")
+            verifier.verify(warm)  # the first key set is fetched
+            real_resolve = source.resolve
+
+            def resolve_then_rotation_lands(kid: str | None, alg: str) -> Any:
+                key = real_resolve(kid, alg)
+                # The background refresh lands between this lookup and the cache write.
+                issuer.rotate(keep_old=False)
+                source._bg.submit(source._fetch_shared(source._clock())).result(10)
+                return key
+
+            source.resolve = resolve_then_rotation_lands  # type: ignore[method-assign]
+            assert verifier.verify(token).subject == "alice"  # verified before the change
+            source.resolve = real_resolve  # type: ignore[method-assign]
+            with pytest.raises(TokenError, match="no key with kid"):
+                verifier.verify(token)
+        finally:
+            verifier.close()

@@ -61,6 +61,9 @@ DEFAULT_MODEL_PATH = Path(__file__).with_name("model.conf")
 _MAX_ROLE_STEPS = 9
 #: Decisions for longer resources are not cached (bounds the cache's memory).
 _MAX_CACHED_RESOURCE = 512
+#: Nor for longer domains: the tenant comes from a request header (a client could send
+#: a new 16 KiB value on every request, and every cache keyed on it would keep it).
+_MAX_CACHED_DOMAIN = 256
 _MAX_ROLE_CACHE = 10_000
 _REQUEST_TOKENS = frozenset({"sub", "dom", "obj", "act"})
 
@@ -309,6 +312,8 @@ class _IndexedSnapshot(_Snapshot):
                     break
                 frontier = nxt
         result = frozenset(seen)
+        if len(domain) > _MAX_CACHED_DOMAIN:
+            return result  # a client-chosen tenant: not remembered (bounds the bytes)
         if len(self._reach_cache) >= _MAX_ROLE_CACHE:
             self._reach_cache.clear()
         self._reach_cache[key] = result
@@ -328,7 +333,8 @@ class _IndexedSnapshot(_Snapshot):
         for s in subjects:
             out |= self._names(s, domain) - {s}
         result = frozenset(out)
-        self._roles.add(key, result)
+        if len(domain) <= _MAX_CACHED_DOMAIN:
+            self._roles.add(key, result)
         return result
 
     def _view(self, subjects: tuple[str, ...], action: str, domain: str) -> _View:
@@ -358,7 +364,8 @@ class _IndexedSnapshot(_Snapshot):
         try:
             if view is None:
                 view = self._view(subjects, action, dom)
-                self._views.add(key, view)
+                if len(dom) <= _MAX_CACHED_DOMAIN:
+                    self._views.add(key, view)
             return view.evaluate(subjects, resource, action, dom)
         except Exception as exc:  # fail closed with a reason, never a 500
             return _failed(subjects, resource, action, exc)
@@ -448,7 +455,8 @@ class _EnforcerSnapshot(_Snapshot):
             result = self._evaluate(subjects, resource, action, domain or "*")
         except Exception as exc:  # fail closed with a reason, never a 500
             return _failed(subjects, resource, action, exc)
-        if len(resource) <= _MAX_CACHED_RESOURCE:
+        if len(resource) <= _MAX_CACHED_RESOURCE and (
+                domain is None or len(domain) <= _MAX_CACHED_DOMAIN):
             self._results.add(key, result)
         return result
 

@@ -131,8 +131,9 @@ class JWTVerifier:
         if hit is not None:
             return hit
         parsed, claims, issuer = self._prepare(token)
+        generation = self._cache.generation(issuer.config.issuer)
         key = issuer.keys.resolve(parsed.kid, parsed.alg)
-        return self._finish(token, parsed, claims, issuer, key)
+        return self._finish(token, parsed, claims, issuer, key, generation)
 
     async def averify(self, token: str) -> RequestPrincipal:
         """Verify ``token`` without blocking the event loop."""
@@ -140,8 +141,9 @@ class JWTVerifier:
         if hit is not None:
             return hit
         parsed, claims, issuer = self._prepare(token)
+        generation = self._cache.generation(issuer.config.issuer)
         key = await issuer.keys.aresolve(parsed.kid, parsed.alg)
-        return self._finish(token, parsed, claims, issuer, key)
+        return self._finish(token, parsed, claims, issuer, key, generation)
 
     def prefetch(self) -> None:
         """Start fetching every remote key set in the background (does not wait, never
@@ -182,7 +184,8 @@ class JWTVerifier:
         return parsed, claims, issuer
 
     def _finish(self, token: str, parsed: ParsedJWS, claims: dict[str, Any],
-                issuer: _Issuer, key: VerificationKey) -> RequestPrincipal:
+                issuer: _Issuer, key: VerificationKey,
+                generation: int | None = None) -> RequestPrincipal:
         verify_signature(parsed, key, algorithms=issuer.algorithms)
         cfg = issuer.config
         if cfg.typ is not None:
@@ -213,7 +216,9 @@ class JWTVerifier:
             cnf_x5t_s256=cnf_x5t,
             claims=MappingProxyType(claims),
         )
-        self._cache.put(token, principal, expires_at=self._remember_until(exp, issuer))
+        # Not remembered if the issuer's keys changed since the key was looked up.
+        self._cache.put(token, principal, expires_at=self._remember_until(exp, issuer),
+                        generation=generation)
         return principal
 
     def _remember_until(self, exp: float, issuer: _Issuer) -> float:
