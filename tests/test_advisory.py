@@ -1657,3 +1657,22 @@ def test_advisory_token_verified_with_a_removed_key_was_remembered() -> None:
                 verifier.verify(token)
         finally:
             verifier.close()
+
+
+def test_advisory_route_written_unnormalized_narrowed_nothing(world: World) -> None:
+    """Route templates match the normalized path too: a ``[[routes]]`` entry for
+    ``/reports/q4 draft/*`` asking for ``role:admin`` never applied (the request path
+    is ``/reports/q4%20draft/...``), so alice, allowed ``/reports/*`` by the policy,
+    needed no ``role:admin`` there. Such a template is now refused at start-up."""
+    routes = [{"path": "/reports/q4 draft/*", "roles": ["role:admin"]},
+              {"path": "/", "public": True}]
+    with pytest.raises(ConfigurationError, match=r"routes.*never matches a request path"):
+        world.config(sources=["asgi-tls"], routes=routes)
+    # The spelling that matches is accepted, and narrows.
+    routes[0]["path"] = "/reports/q4%20draft/{name}"
+    recorder = Recorder()
+    gk = Gatekeeper.from_config(world.config(sources=["asgi-tls"], routes=routes))
+    app = ASGIMiddleware(recorder.asgi, gatekeeper=gk)
+    assert_refused(run_asgi(app, http_scope(b"/reports/q4%20draft/x", cert=world.alice),
+                            recorder), 403)
+    assert run_asgi(app, http_scope(b"/reports/other", cert=world.alice), recorder).status == 200
