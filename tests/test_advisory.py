@@ -1676,3 +1676,62 @@ def test_advisory_route_written_unnormalized_narrowed_nothing(world: World) -> N
     assert_refused(run_asgi(app, http_scope(b"/reports/q4%20draft/x", cert=world.alice),
                             recorder), 403)
     assert run_asgi(app, http_scope(b"/reports/other", cert=world.alice), recorder).status == 200
+
+
+# -- endpointsec learn: names from tokens and headers never become policy syntax ---------
+
+
+def test_advisory_learn_wrote_a_token_role_as_a_policy_line(world: World, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]
+                                                            ) -> None:
+    """A token role is a claim value and may hold a line break. ``endpointsec learn``
+    wrote the other roles of a request into a ``#`` comment as they were: the role
+    ``zz\\np, role:reader, *, /*, *, allow`` ended the comment and added a rule granting
+    ``role:reader`` everything; as the narrowest role it was the rule's subject, with
+    the same effect. A role, user or domain a policy line cannot hold is no longer a
+    rule's subject or domain, and names in comments are escaped."""
+    import logging
+
+    from endpointsec.audit import JSONFormatter
+    from endpointsec.cli import main
+    from endpointsec.policy import CasbinPolicy
+
+    (tmp_path / "policy.csv").write_text("p, role:reader, *, /reports/*, GET, allow\n")
+    gk = world.gatekeeper(sources=["asgi-tls"], policy={"policy": str(tmp_path / "policy.csv")},
+                          defaults={"mtls": "none", "token": "required"},
+                          audit={"allow_sample_rate": 1.0})
+    recorder = Recorder()
+    app = ASGIMiddleware(recorder.asgi, gatekeeper=gk)
+    log_file = tmp_path / "decisions.jsonl"
+    handler = logging.FileHandler(log_file, encoding="utf-8")
+    handler.setFormatter(JSONFormatter())
+    decision_log = logging.getLogger("endpointsec.decision")
+    decision_log.addHandler(handler)
+    level = decision_log.level
+    decision_log.setLevel(logging.INFO)
+    try:
+        evil = "zz\np, role:reader, *, /*, *, allow"
+        for roles in (["reader", evil],  # credited to role:reader, ``evil`` in a comment
+                      ["reader", evil, "other"],  # credited to role:other
+                      ["reader", "a\np, role:reader, *, /*, *, allow"]):
+            token = world.issuer.issue("alice", roles=roles)
+            scope = http_scope(b"/reports/q1", headers=[
+                (b"authorization", b"Bearer " + token.encode())])
+            r = run_asgi(app, scope, recorder)
+            assert (r.status, r.app_ran) == (200, True)  # allowed as role:reader
+    finally:
+        decision_log.removeHandler(handler)
+        decision_log.setLevel(level)
+        handler.close()
+    capsys.readouterr()
+    learned = tmp_path / "learned.csv"
+    assert main(["learn", str(log_file), "-o", str(learned)]) == 0
+    text = learned.read_text()
+    rules = [line for line in text.splitlines() if line.startswith("p,")]
+    assert sorted(rules) == ["p, role:other, *, /reports/q1, GET, allow",
+                             "p, role:reader, *, /reports/q1, GET, allow"], text
+    assert "also carried role:reader, role:zz\\np, role:reader, *, /*, *, allow" in text
+    assert "p, role:reader, *, /*, *, allow" not in text.splitlines()
+    with CasbinPolicy(policy=learned) as learned_policy:
+        assert not learned_policy.evaluate(subjects=("role:reader",), resource="/admin/x",
+                                           action="DELETE").allowed
