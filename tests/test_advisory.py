@@ -1735,3 +1735,48 @@ def test_advisory_learn_wrote_a_token_role_as_a_policy_line(world: World, tmp_pa
     with CasbinPolicy(policy=learned) as learned_policy:
         assert not learned_policy.evaluate(subjects=("role:reader",), resource="/admin/x",
                                            action="DELETE").allowed
+
+
+# -- one FastAPI extension installed on two apps ----------------------------------------
+
+
+def test_advisory_fastapi_public_routes_of_another_app(world: World) -> None:
+    """An ``EndpointSec`` installed on two apps took the ``@sec.public`` routes of the
+    app that served the first request for both: the admin app's private ``/status``
+    matched the site's public ``/status`` and ran without any credential. Each app's
+    public routes are now its own."""
+    sec = FastAPISec(config=world.config(sources=["asgi-tls"]))
+    site, admin = FastAPI(), FastAPI()
+    sec.install(site)
+    sec.install(admin)
+    ran: list[str] = []
+
+    @site.get("/status")
+    @sec.public
+    async def status() -> dict[str, bool]:
+        ran.append("site")
+        return {"ok": True}
+
+    @admin.get("/status")
+    async def admin_status() -> dict[str, str]:
+        ran.append("admin")
+        return {"secret": "admin internals"}
+
+    with TestClient(site) as client:
+        assert client.get("/status").status_code == 200
+    with TestClient(admin) as client:
+        r = client.get("/status")
+    assert r.status_code == 401, r.text
+    assert r.content == _BODIES[401]
+    assert ran == ["site"]
+    # And the other way round: the admin app first, then the site.
+    sec2 = FastAPISec(config=world.config(sources=["asgi-tls"]))
+    site2, admin2 = FastAPI(), FastAPI()
+    sec2.install(site2)
+    sec2.install(admin2)
+    site2.get("/status")(sec2.public(status))
+    admin2.get("/status")(admin_status)
+    with TestClient(admin2) as client:
+        assert client.get("/status").status_code == 401
+    with TestClient(site2) as client:
+        assert client.get("/status").status_code == 200
