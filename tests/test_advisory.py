@@ -1780,3 +1780,30 @@ def test_advisory_fastapi_public_routes_of_another_app(world: World) -> None:
         assert client.get("/status").status_code == 401
     with TestClient(site2) as client:
         assert client.get("/status").status_code == 200
+
+
+def test_advisory_fastapi_route_added_before_a_public_one_after_start(world: World) -> None:
+    """The public routes were looked up in a copy of the app's routes taken at the first
+    request: a private route placed before a public catch-all afterwards (a plugin
+    registering its routes late) ran as public. The routes Starlette runs are now the
+    routes looked at."""
+    from fastapi.routing import APIRoute
+
+    sec = FastAPISec(config=world.config(sources=["asgi-tls"]))
+    app = FastAPI()
+    sec.install(app)
+
+    @app.get("/{page:path}")
+    @sec.public
+    async def pages(page: str) -> dict[str, str]:
+        return {"page": page}
+
+    async def admin_keys() -> dict[str, str]:
+        return {"secret": "admin keys"}
+
+    with TestClient(app) as client:
+        assert client.get("/about").status_code == 200
+        app.router.routes.insert(0, APIRoute("/admin/keys", admin_keys, methods=["GET"]))
+        r = client.get("/admin/keys")
+        assert r.status_code == 401, r.text
+        assert client.get("/about").status_code == 200

@@ -156,7 +156,10 @@ class _Middleware(ASGIMiddleware):
         return lifespan_send
 
     def _route_facts(self, scope: Any, facts: RequestFacts) -> RequestFacts:
-        rule = _public_rule(scope, self._routes or ()) if self._has_public else None
+        # The app's routes as they are now (a route added since the first request
+        # may come before a public one), read only when the app has a public route.
+        rule = _public_rule(scope, getattr(scope.get("app"), "routes", None) or ()) \
+            if self._has_public else None
         if rule is None:
             return facts
         return replace(facts, requirements=rule.apply(facts.requirements))
