@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1807,3 +1808,71 @@ def test_advisory_fastapi_route_added_before_a_public_one_after_start(world: Wor
         r = client.get("/admin/keys")
         assert r.status_code == 401, r.text
         assert client.get("/about").status_code == 200
+
+
+# -- files replaced with their modification time kept -------------------------------------
+
+
+def _replace_keeping_mtime(path: Path, data: bytes, *, in_place: bool) -> None:
+    """What ``cp -p``/``rsync -a``/``tar`` do: new content, the old file's mtime."""
+    before = path.stat()
+    assert len(data) == before.st_size
+    if in_place:
+        path.write_bytes(data)
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    else:
+        new = path.with_name(path.name + ".new")
+        new.write_bytes(data)
+        os.utime(new, ns=(before.st_atime_ns, before.st_mtime_ns))
+        os.replace(new, path)
+    after = path.stat()
+    assert (after.st_mtime_ns, after.st_size) == (before.st_mtime_ns, before.st_size)
+
+
+@pytest.mark.parametrize("in_place", [False, True], ids=["renamed", "in-place"])
+def test_advisory_trust_bundle_replaced_with_its_mtime_kept(tmp_path: Path,
+                                                            in_place: bool) -> None:
+    """Trust bundles were re-read only when their mtime or size changed. A bundle
+    replaced by one of the same size with the old mtime kept (``cp -p``, ``rsync -a``,
+    ``tar``, image layers with fixed times) was never re-read: the CA it removed kept
+    authenticating its clients for good. The inode and ctime are now compared too."""
+    old_ca = CertificateAuthority.create(name="client ca one")
+    new_ca = CertificateAuthority.create(name="client ca two")
+    size = max(len(old_ca.cert_pem), len(new_ca.cert_pem))
+    bundle = tmp_path / "ca.pem"
+    bundle.write_bytes(old_ca.cert_pem.ljust(size, b"\n"))
+    alice = old_ca.issue_client(spiffe_id=ALICE)
+    (tmp_path / "policy.csv").write_text(f"p, {ALICE}, *, /files/*, GET, allow\n")
+    config = Config.from_mapping({
+        "identity": {"sources": ["asgi-tls"], "trust_bundles": ["ca.pem"],
+                     "reload_interval": 0.0},
+        "policy": {"policy": "policy.csv"},
+    }, base_dir=tmp_path)
+    recorder = Recorder()
+    app = ASGIMiddleware(recorder.asgi, gatekeeper=Gatekeeper.from_config(config))
+    assert run_asgi(app, http_scope(b"/files/a", cert=alice), recorder).status == 200
+    _replace_keeping_mtime(bundle, new_ca.cert_pem.ljust(size, b"\n"), in_place=in_place)
+    assert_refused(run_asgi(app, http_scope(b"/files/a", cert=alice), recorder), 401)
+    new_client = new_ca.issue_client(spiffe_id=ALICE)
+    assert run_asgi(app, http_scope(b"/files/a", cert=new_client), recorder).status == 200
+
+
+def test_advisory_policy_rewritten_in_place_with_its_mtime_kept(world: World,
+                                                                tmp_path: Path) -> None:
+    """The policy watcher compared mtime, size and inode: a policy file rewritten in
+    place with its mtime kept (``cp -p new.csv policy.csv``) and the same size (a
+    revoked path swapped for another) was never reloaded, and the revoked rule kept
+    allowing. The ctime is now compared too."""
+    from endpointsec.policy import CasbinPolicy
+
+    policy = tmp_path / "policy.csv"
+    policy.write_text(f"p, {ALICE}, *, /files/*, GET, allow\n")
+    with CasbinPolicy(policy=policy) as engine:
+        assert engine.evaluate(subjects=(ALICE,), resource="/files/a", action="GET").allowed
+        _replace_keeping_mtime(policy, f"p, {ALICE}, *, /other/*, GET, allow\n".encode(),
+                               in_place=True)
+        engine.check_files()  # the change is seen...
+        engine.check_files()  # ...and loaded once it held still for one step
+        assert engine.generation == 1
+        assert not engine.evaluate(subjects=(ALICE,), resource="/files/a",
+                                   action="GET").allowed

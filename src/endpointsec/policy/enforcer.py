@@ -499,15 +499,20 @@ class _EnforcerSnapshot(_Snapshot):
 # -- the facade -----------------------------------------------------------------------------
 
 
-def _file_signature(paths: Sequence[Path]) -> tuple[tuple[int, int, int] | None, ...]:
-    sig: list[tuple[int, int, int] | None] = []
+_Stat = tuple[int, int, int, int]
+
+
+def _file_signature(paths: Sequence[Path]) -> tuple[_Stat | None, ...]:
+    # The ctime too: a file rewritten in place with its mtime kept (cp -p, rsync -a)
+    # and the same size has the same mtime, size and inode, never the same ctime.
+    sig: list[_Stat | None] = []
     for p in paths:
         try:
             st = p.stat()
         except OSError:
             sig.append(None)
         else:
-            sig.append((st.st_mtime_ns, st.st_size, st.st_ino))
+            sig.append((st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns))
     return tuple(sig)
 
 
@@ -586,7 +591,7 @@ class CasbinPolicy:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._loaded_sig = _file_signature(self._watched)
-        self._pending_sig: tuple[tuple[int, int, int] | None, ...] | None = None
+        self._pending_sig: tuple[_Stat | None, ...] | None = None
         if watch:
             if not self._watched:
                 raise ConfigurationError("watch needs a policy or model file to watch",
