@@ -1468,94 +1468,6 @@ def test_attack_responses_never_echo_input(asgi: tuple[ASGIMiddleware, Recorder]
         assert token.encode() not in wire
 
 
-# -- subject namespaces: a certificate never yields a token subject ----------------------
-
-
-def test_advisory_certificate_uri_san_cannot_claim_a_token_role(world: World) -> None:
-    """A certificate whose URI SAN is ``role:admin`` got the rules of the token role
-    ``role:admin``. Certificate subjects are now ``spiffe://``, ``uri:``, ``dns:`` or
-    ``sha256:``: the SAN becomes ``uri:role:admin`` and holds no token role."""
-    recorder = Recorder()
-    impostor = world.ca.issue_client(uris=["role:admin"])
-    app = ASGIMiddleware(recorder.asgi, gatekeeper=world.gatekeeper(sources=["asgi-tls"]))
-    r = run_asgi(app, http_scope(b"/items/1", cert=impostor), recorder)
-    assert (r.status, r.app_ran) == (403, False)
-    verifier = world.gatekeeper(sources=["asgi-tls"]).verifier
-    assert verifier is not None
-    der = impostor.certificate.public_bytes(Encoding.DER)
-    assert verifier.verify(PresentedCertificate(leaf=der)).id == "uri:role:admin"
-
-
-def test_advisory_issuer_prefix_cannot_collide_user_subjects() -> None:
-    """With issuers ``https://t`` and ``https://t/t1``, ``<iss>/<sub>`` made the user
-    ``t1/alice`` of the first the user ``alice`` of the second. The user subject is now
-    ``<iss>#<sub>`` and a configured issuer may not contain ``#``."""
-    first = RequestPrincipal(issuer="https://t", subject="t1/alice")
-    second = RequestPrincipal(issuer="https://t/t1", subject="alice")
-    assert first.id != second.id
-    assert (first.id, second.id) == ("https://t#t1/alice", "https://t/t1#alice")
-
-
-@pytest.mark.parametrize("issuer", ["https://idp#x", "role:admin", "spiffe://shop.local",
-                                    "uri:https://idp", "dns:idp"])
-def test_advisory_issuers_that_could_mint_other_namespaces_are_refused(
-        world: World, issuer: str) -> None:
-    tokens = {"issuers": [{"issuer": issuer, "audiences": ["a"], "algorithms": ["ES256"],
-                           "public_key": "issuer.pem"}]}
-    with pytest.raises(ConfigurationError, match=r"tokens\.issuers\.issuer"):
-        world.config(sources=["asgi-tls"], tokens=tokens)
-
-
-def test_advisory_wsgi_tenant_header_with_underscore(world: World) -> None:
-    """A ``domain_header`` spelled with ``_`` never matched under WSGI (the environ key
-    had been turned back into ``-`` form): every request was decided without a tenant."""
-    recorder = Recorder()
-    gk = world.gatekeeper(sources=["wsgi-environ"],
-                          policy={"policy": "tenants.csv", "domain_header": "x_tenant"})
-    app = WSGIMiddleware(recorder.wsgi, gatekeeper=gk)
-    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/admin/x", "SCRIPT_NAME": "",
-               "QUERY_STRING": "", "SERVER_NAME": "t", "SERVER_PORT": "443",
-               "wsgi.url_scheme": "https", "HTTP_X_TENANT": "tenant-a",
-               "SSL_CLIENT_CERT": world.alice.cert_pem.decode()}
-    statuses: list[str] = []
-    body = b"".join(app(environ, lambda s, h, e=None: statuses.append(s)))
-    assert statuses[0].startswith("200"), body
-    assert recorder.calls == ["/admin/x"]
-
-
-def test_advisory_large_cookies_are_never_remembered(world: World) -> None:
-    """Anonymous requests to a public route with a large ``Cookie`` each were remembered
-    by a recent-decisions cache keyed on the whole request (600 requests with 256 KiB
-    cookies pinned +177 MiB). Nothing is remembered per request now: after many such
-    requests with distinct paths, the memory held does not grow with them."""
-    import gc
-    import tracemalloc
-
-    recorder = Recorder()
-    app = ASGIMiddleware(recorder.asgi, gatekeeper=world.gatekeeper(sources=["asgi-tls"]))
-    cookie = b"session=" + b"x" * (64 * 1024)
-
-    def burst(start: int) -> None:
-        for i in range(start, start + 100):
-            headers = [(b"host", b"t"), (b"cookie", cookie + str(i).encode())]
-            r = run_asgi(app, http_scope(f"/pub/n{i}".encode(), headers=headers), recorder)
-            assert r.status == 200
-
-    burst(0)  # warm-up: imports, first-use structures
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        burst(100)
-        burst(200)
-        gc.collect()
-        grown = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
-    # 200 requests carried 12.8 MiB of cookies; none of it may stay.
-    assert grown < 1024 * 1024, grown
-
-
 # -- policy objects that no request path can match ------------------------------------
 
 
@@ -1876,3 +1788,91 @@ def test_advisory_policy_rewritten_in_place_with_its_mtime_kept(world: World,
         assert engine.generation == 1
         assert not engine.evaluate(subjects=(ALICE,), resource="/files/a",
                                    action="GET").allowed
+
+
+# -- subject namespaces: a certificate never yields a token subject ----------------------
+
+
+def test_advisory_certificate_uri_san_cannot_claim_a_token_role(world: World) -> None:
+    """A certificate whose URI SAN is ``role:admin`` got the rules of the token role
+    ``role:admin``. Certificate subjects are now ``spiffe://``, ``uri:``, ``dns:`` or
+    ``sha256:``: the SAN becomes ``uri:role:admin`` and holds no token role."""
+    recorder = Recorder()
+    impostor = world.ca.issue_client(uris=["role:admin"])
+    app = ASGIMiddleware(recorder.asgi, gatekeeper=world.gatekeeper(sources=["asgi-tls"]))
+    r = run_asgi(app, http_scope(b"/items/1", cert=impostor), recorder)
+    assert (r.status, r.app_ran) == (403, False)
+    verifier = world.gatekeeper(sources=["asgi-tls"]).verifier
+    assert verifier is not None
+    der = impostor.certificate.public_bytes(Encoding.DER)
+    assert verifier.verify(PresentedCertificate(leaf=der)).id == "uri:role:admin"
+
+
+def test_advisory_issuer_prefix_cannot_collide_user_subjects() -> None:
+    """With issuers ``https://t`` and ``https://t/t1``, ``<iss>/<sub>`` made the user
+    ``t1/alice`` of the first the user ``alice`` of the second. The user subject is now
+    ``<iss>#<sub>`` and a configured issuer may not contain ``#``."""
+    first = RequestPrincipal(issuer="https://t", subject="t1/alice")
+    second = RequestPrincipal(issuer="https://t/t1", subject="alice")
+    assert first.id != second.id
+    assert (first.id, second.id) == ("https://t#t1/alice", "https://t/t1#alice")
+
+
+@pytest.mark.parametrize("issuer", ["https://idp#x", "role:admin", "spiffe://shop.local",
+                                    "uri:https://idp", "dns:idp"])
+def test_advisory_issuers_that_could_mint_other_namespaces_are_refused(
+        world: World, issuer: str) -> None:
+    tokens = {"issuers": [{"issuer": issuer, "audiences": ["a"], "algorithms": ["ES256"],
+                           "public_key": "issuer.pem"}]}
+    with pytest.raises(ConfigurationError, match=r"tokens\.issuers\.issuer"):
+        world.config(sources=["asgi-tls"], tokens=tokens)
+
+
+def test_advisory_wsgi_tenant_header_with_underscore(world: World) -> None:
+    """A ``domain_header`` spelled with ``_`` never matched under WSGI (the environ key
+    had been turned back into ``-`` form): every request was decided without a tenant."""
+    recorder = Recorder()
+    gk = world.gatekeeper(sources=["wsgi-environ"],
+                          policy={"policy": "tenants.csv", "domain_header": "x_tenant"})
+    app = WSGIMiddleware(recorder.wsgi, gatekeeper=gk)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/admin/x", "SCRIPT_NAME": "",
+               "QUERY_STRING": "", "SERVER_NAME": "t", "SERVER_PORT": "443",
+               "wsgi.url_scheme": "https", "HTTP_X_TENANT": "tenant-a",
+               "SSL_CLIENT_CERT": world.alice.cert_pem.decode()}
+    statuses: list[str] = []
+    body = b"".join(app(environ, lambda s, h, e=None: statuses.append(s)))
+    assert statuses[0].startswith("200"), body
+    assert recorder.calls == ["/admin/x"]
+
+
+def test_advisory_large_cookies_are_never_remembered(world: World) -> None:
+    """Anonymous requests to a public route with a large ``Cookie`` each were remembered
+    by a recent-decisions cache keyed on the whole request (600 requests with 256 KiB
+    cookies pinned +177 MiB). Nothing is remembered per request now: after many such
+    requests with distinct paths, the memory held does not grow with them."""
+    import gc
+    import tracemalloc
+
+    recorder = Recorder()
+    app = ASGIMiddleware(recorder.asgi, gatekeeper=world.gatekeeper(sources=["asgi-tls"]))
+    cookie = b"session=" + b"x" * (64 * 1024)
+
+    def burst(start: int) -> None:
+        for i in range(start, start + 100):
+            headers = [(b"host", b"t"), (b"cookie", cookie + str(i).encode())]
+            r = run_asgi(app, http_scope(f"/pub/n{i}".encode(), headers=headers), recorder)
+            assert r.status == 200
+
+    burst(0)  # warm-up: imports, first-use structures
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        burst(100)
+        burst(200)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # 200 requests carried 12.8 MiB of cookies; none of it may stay.
+    assert grown < 1024 * 1024, grown

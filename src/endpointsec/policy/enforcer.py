@@ -61,8 +61,9 @@ DEFAULT_MODEL_PATH = Path(__file__).with_name("model.conf")
 _MAX_ROLE_STEPS = 9
 #: Decisions for longer resources are not cached (bounds the cache's memory).
 _MAX_CACHED_RESOURCE = 512
-#: Nor for longer domains: the tenant comes from a request header (a client could send
-#: a new 16 KiB value on every request, and every cache keyed on it would keep it).
+#: Nothing is remembered for longer domains: the tenant comes from a request header (a
+#: client could send a new 16 KiB value on every request, and each cache keyed on it
+#: would keep it).
 _MAX_CACHED_DOMAIN = 256
 _MAX_ROLE_CACHE = 10_000
 _REQUEST_TOKENS = frozenset({"sub", "dom", "obj", "act"})
@@ -313,7 +314,7 @@ class _IndexedSnapshot(_Snapshot):
                 frontier = nxt
         result = frozenset(seen)
         if len(domain) > _MAX_CACHED_DOMAIN:
-            return result  # a client-chosen tenant: not remembered (bounds the bytes)
+            return result  # a client-chosen tenant: not remembered
         if len(self._reach_cache) >= _MAX_ROLE_CACHE:
             self._reach_cache.clear()
         self._reach_cache[key] = result
@@ -325,6 +326,8 @@ class _IndexedSnapshot(_Snapshot):
         return self._reach(subject, domain) | self._reach(subject, "*")
 
     def roles(self, subjects: tuple[str, ...], domain: str) -> frozenset[str]:
+        if len(domain) > _MAX_CACHED_DOMAIN:  # a client-chosen tenant: not remembered
+            return frozenset(r for s in subjects for r in self._names(s, domain) - {s})
         key = (subjects, domain)
         hit: frozenset[str] | None = self._roles.get(key)
         if hit is not None:
@@ -333,8 +336,7 @@ class _IndexedSnapshot(_Snapshot):
         for s in subjects:
             out |= self._names(s, domain) - {s}
         result = frozenset(out)
-        if len(domain) <= _MAX_CACHED_DOMAIN:
-            self._roles.add(key, result)
+        self._roles.add(key, result)
         return result
 
     def _view(self, subjects: tuple[str, ...], action: str, domain: str) -> _View:
@@ -359,13 +361,18 @@ class _IndexedSnapshot(_Snapshot):
     def evaluate(self, subjects: tuple[str, ...], resource: str, action: str,
                  domain: str | None) -> PolicyResult:
         dom = domain or "*"
+        if len(dom) > _MAX_CACHED_DOMAIN:  # a client-chosen tenant: not remembered
+            try:
+                return self._view(subjects, action, dom).evaluate(
+                    subjects, resource, action, dom)
+            except Exception as exc:  # fail closed with a reason, never a 500
+                return _failed(subjects, resource, action, exc)
         key = (subjects, action, dom)
         view = self._views.get(key)
         try:
             if view is None:
                 view = self._view(subjects, action, dom)
-                if len(dom) <= _MAX_CACHED_DOMAIN:
-                    self._views.add(key, view)
+                self._views.add(key, view)
             return view.evaluate(subjects, resource, action, dom)
         except Exception as exc:  # fail closed with a reason, never a 500
             return _failed(subjects, resource, action, exc)
@@ -447,6 +454,11 @@ class _EnforcerSnapshot(_Snapshot):
 
     def evaluate(self, subjects: tuple[str, ...], resource: str, action: str,
                  domain: str | None) -> PolicyResult:
+        if domain is not None and len(domain) > _MAX_CACHED_DOMAIN:
+            try:  # a client-chosen tenant: not remembered
+                return self._evaluate(subjects, resource, action, domain)
+            except Exception as exc:  # fail closed with a reason, never a 500
+                return _failed(subjects, resource, action, exc)
         key = (subjects, resource, action, domain)
         hit = self._results.get(key)
         if hit is not None:
@@ -455,8 +467,7 @@ class _EnforcerSnapshot(_Snapshot):
             result = self._evaluate(subjects, resource, action, domain or "*")
         except Exception as exc:  # fail closed with a reason, never a 500
             return _failed(subjects, resource, action, exc)
-        if len(resource) <= _MAX_CACHED_RESOURCE and (
-                domain is None or len(domain) <= _MAX_CACHED_DOMAIN):
+        if len(resource) <= _MAX_CACHED_RESOURCE:
             self._results.add(key, result)
         return result
 

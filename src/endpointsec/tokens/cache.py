@@ -20,21 +20,13 @@ __all__ = ["VerifiedTokenCache"]
 class VerifiedTokenCache:
     """Bounded map ``token -> (expires_at, principal)``; reads take no lock."""
 
-    __slots__ = ("_clock", "_data", "_generations", "_lock", "max_size")
+    __slots__ = ("_clock", "_data", "_lock", "max_size")
 
     def __init__(self, *, max_size: int, clock: Callable[[], float] = time.time) -> None:
         self.max_size = max_size
         self._clock = clock
         self._data: dict[str, tuple[float, RequestPrincipal]] = {}
-        #: Per issuer: how many times its keys changed (see :meth:`generation`).
-        self._generations: dict[str, int] = {}
         self._lock = threading.Lock()
-
-    def generation(self, issuer: str) -> int:
-        """The issuer's key generation: read it *before* looking up the key, and give it
-        to :meth:`put`. A token verified with a key looked up before a key-set change is
-        not remembered (the change may have removed that key)."""
-        return self._generations.get(issuer, 0)
 
     def get(self, token: str) -> RequestPrincipal | None:
         """The cached principal, if the token was verified and has not expired."""
@@ -43,16 +35,11 @@ class VerifiedTokenCache:
             return entry[1]
         return None
 
-    def put(self, token: str, principal: RequestPrincipal, *, expires_at: float,
-            generation: int | None = None) -> None:
-        """Remember a verified token until ``expires_at`` (its ``exp``); not at all when
-        ``generation`` (:meth:`generation` before the key lookup) is no longer current."""
+    def put(self, token: str, principal: RequestPrincipal, *, expires_at: float) -> None:
+        """Remember a verified token until ``expires_at`` (its ``exp``)."""
         if self.max_size <= 0:
             return
         with self._lock:
-            if generation is not None and \
-                    self._generations.get(principal.issuer, 0) != generation:
-                return
             data = self._data
             if token not in data:
                 # Oldest first: insertion order is close to expiry order.
@@ -63,7 +50,6 @@ class VerifiedTokenCache:
     def drop_issuer(self, issuer: str) -> None:
         """Forget every token of ``issuer`` (its keys changed)."""
         with self._lock:
-            self._generations[issuer] = self._generations.get(issuer, 0) + 1
             self._data = {k: v for k, v in self._data.items() if v[1].issuer != issuer}
 
     def clear(self) -> None:

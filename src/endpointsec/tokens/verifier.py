@@ -116,8 +116,10 @@ class JWTVerifier:
         self._loop = BackgroundLoop()
         self._max_bytes = config.max_token_bytes
         self._issuers: dict[str, _Issuer] = {}
+        #: Per issuer: how many times its key set changed (see :meth:`_keys_changed`).
+        self._generations: dict[str, int] = {}
         for ic in config.issuers:
-            source = build_key_source(ic, loop=self._loop, on_change=self._cache.drop_issuer,
+            source = build_key_source(ic, loop=self._loop, on_change=self._keys_changed,
                                       clock=monotonic)
             self._issuers[ic.issuer] = _Issuer(
                 config=ic, keys=source, algorithms=frozenset(ic.algorithms),
@@ -131,7 +133,7 @@ class JWTVerifier:
         if hit is not None:
             return hit
         parsed, claims, issuer = self._prepare(token)
-        generation = self._cache.generation(issuer.config.issuer)
+        generation = self._generations.get(issuer.config.issuer, 0)
         key = issuer.keys.resolve(parsed.kid, parsed.alg)
         return self._finish(token, parsed, claims, issuer, key, generation)
 
@@ -141,7 +143,7 @@ class JWTVerifier:
         if hit is not None:
             return hit
         parsed, claims, issuer = self._prepare(token)
-        generation = self._cache.generation(issuer.config.issuer)
+        generation = self._generations.get(issuer.config.issuer, 0)
         key = await issuer.keys.aresolve(parsed.kid, parsed.alg)
         return self._finish(token, parsed, claims, issuer, key, generation)
 
@@ -216,10 +218,19 @@ class JWTVerifier:
             cnf_x5t_s256=cnf_x5t,
             claims=MappingProxyType(claims),
         )
-        # Not remembered if the issuer's keys changed since the key was looked up.
-        self._cache.put(token, principal, expires_at=self._remember_until(exp, issuer),
-                        generation=generation)
+        self._cache.put(token, principal, expires_at=self._remember_until(exp, issuer))
+        if generation is not None and self._generations.get(cfg.issuer, 0) != generation:
+            # The issuer's keys changed since the key was looked up (the change may have
+            # removed it): forget its tokens again, this one included. A change after
+            # this check drops this token itself (it is cached by then).
+            self._cache.drop_issuer(cfg.issuer)
         return principal
+
+    def _keys_changed(self, issuer: str) -> None:
+        """An issuer's key set changed: count it, then forget the issuer's tokens (in that
+        order, for the check in :meth:`_finish`)."""
+        self._generations[issuer] = self._generations.get(issuer, 0) + 1
+        self._cache.drop_issuer(issuer)
 
     def _remember_until(self, exp: float, issuer: _Issuer) -> float:
         """A verified token is remembered until its ``exp``, and never past the moment
