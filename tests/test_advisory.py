@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1473,6 +1474,328 @@ def test_attack_responses_never_echo_input(asgi: tuple[ASGIMiddleware, Recorder]
         assert marker.encode() not in wire
         assert marker.upper().encode() not in wire
         assert token.encode() not in wire
+
+
+# -- policy objects that no request path can match ------------------------------------
+
+
+@pytest.mark.parametrize("obj", [
+    pytest.param("/reports/q4 draft/*", id="space"),
+    pytest.param("/reports/café/*", id="non-ascii"),
+    pytest.param("/reports/caf%c3%a9/*", id="lower-case-escape"),
+    pytest.param("/reports/%7Eexport/*", id="escaped-unreserved"),
+])
+def test_advisory_deny_rule_written_unnormalized_denied_nothing(world: World, tmp_path: Path,
+                                                                obj: str) -> None:
+    """Request paths are matched in their normalized form (``%20`` for a space, UTF-8
+    escapes in upper case, unreserved characters decoded). A deny rule written with a
+    raw space, raw non-ASCII text, a lower-case escape or an escaped ``~`` matched no
+    request at all: alice reached ``/reports/q4%20draft/x`` through her ``/reports/*``
+    allow. Such objects are now refused at load, with the spelling that matches."""
+    policy = tmp_path / "policy.csv"
+    policy.write_text(f"p, {ALICE}, *, /reports/*, *, allow\n"
+                      f"p, {ALICE}, *, {obj}, *, deny\n", encoding="utf-8")
+    with pytest.raises(ConfigurationError) as info:
+        world.gatekeeper(sources=["asgi-tls"], policy={"policy": str(policy)})
+    assert f"{policy}:2: " in str(info.value)
+    assert "never matches a request path" in str(info.value)
+
+
+def test_attack_resource_names_are_not_paths(world: World, tmp_path: Path) -> None:
+    """Objects that are not paths (``resource=`` overrides) are left as written."""
+    policy = tmp_path / "policy.csv"
+    policy.write_text(f"p, {ALICE}, *, order reports, read, allow\n")
+    gk = world.gatekeeper(sources=["asgi-tls"], policy={"policy": str(policy)})
+    assert gk.policy.evaluate(subjects=(ALICE,), resource="order reports",
+                              action="read").allowed
+
+
+# -- a tenant header is a client's: never remembered at any size --------------------------
+
+
+def test_advisory_long_tenant_headers_are_not_remembered(world: World) -> None:
+    """The policy engine remembered its answer, the roles held and the role graph walk
+    per tenant, keyed on the tenant header's value: one authenticated client sending a
+    new 16 KiB tenant per request grew each worker by ~17 KiB a request, up to the
+    caches' 10,000 entries (~175 MiB). Long tenants are now answered without being
+    remembered."""
+    gk = world.gatekeeper(sources=["asgi-tls"],
+                          policy={"policy": "tenants.csv", "domain_header": "x-tenant"})
+    recorder = Recorder()
+    app = ASGIMiddleware(recorder.asgi, gatekeeper=gk)
+    for i in range(50):
+        tenant = f"t{i}-".encode() + b"x" * 16_000
+        scope = http_scope(b"/admin/x", cert=world.alice, headers=[(b"x-tenant", tenant)])
+        assert_refused(run_asgi(app, scope, recorder), 403)
+    ok = http_scope(b"/admin/x", cert=world.alice, headers=[(b"x-tenant", b"tenant-a")])
+    assert run_asgi(app, ok, recorder).status == 200
+    snapshot = gk.policy._snapshot  # type: ignore[attr-defined]
+    held = [key for cache in (snapshot._views, snapshot._roles, snapshot._reach_cache)
+            for key in cache]
+    assert held, "the short tenant is remembered"
+    assert max(len(str(key)) for key in held) < 1024, "a 16 KiB tenant is remembered"
+
+
+# -- the verified-token cache and a key-set change during a verification --------------
+
+
+def test_advisory_token_verified_with_a_removed_key_was_remembered() -> None:
+    """A request looked up the issuer's key, the key set then changed (the key removed,
+    the token cache emptied for that issuer), and only then did the request store its
+    token in the cache: that token kept verifying from the cache with a key the issuer
+    had withdrawn, until its ``exp``. A token verified with a key looked up before a
+    key-set change is no longer remembered."""
+    from endpointsec.errors import TokenError
+    from endpointsec.tokens import build_token_verifier
+    from endpointsec.tokens.config import IssuerConfig, TokensConfig
+    from endpointsec.tokens.jwks import RemoteKeySource
+
+    issuer = TokenIssuer()
+    with issuer.serve():
+        verifier = build_token_verifier(TokensConfig(issuers=(IssuerConfig(
+            issuer=issuer.issuer, audiences=(issuer.audience,),
+            algorithms=(issuer.algorithm,), jwks_url=issuer.jwks_url, allow_http=True),)))
+        assert verifier is not None
+        try:
+            source = verifier.key_source(issuer.issuer)  # type: ignore[attr-defined]
+            assert isinstance(source, RemoteKeySource)
+            token = issuer.issue("alice")
+            warm = issuer.issue("bob")
+            verifier.verify(warm)  # the first key set is fetched
+            real_resolve = source.resolve
+
+            def resolve_then_rotation_lands(kid: str | None, alg: str) -> Any:
+                key = real_resolve(kid, alg)
+                # The background refresh lands between this lookup and the cache write.
+                issuer.rotate(keep_old=False)
+                source._bg.submit(source._fetch_shared(source._clock())).result(10)
+                return key
+
+            source.resolve = resolve_then_rotation_lands  # type: ignore[method-assign]
+            assert verifier.verify(token).subject == "alice"  # verified before the change
+            source.resolve = real_resolve  # type: ignore[method-assign]
+            with pytest.raises(TokenError, match="no key with kid"):
+                verifier.verify(token)
+        finally:
+            verifier.close()
+
+
+def test_advisory_route_written_unnormalized_narrowed_nothing(world: World) -> None:
+    """Route templates match the normalized path too: a ``[[routes]]`` entry for
+    ``/reports/q4 draft/*`` asking for ``role:admin`` never applied (the request path
+    is ``/reports/q4%20draft/...``), so alice, allowed ``/reports/*`` by the policy,
+    needed no ``role:admin`` there. Such a template is now refused at start-up."""
+    routes = [{"path": "/reports/q4 draft/*", "roles": ["role:admin"]},
+              {"path": "/", "public": True}]
+    with pytest.raises(ConfigurationError, match=r"routes.*never matches a request path"):
+        world.config(sources=["asgi-tls"], routes=routes)
+    # The spelling that matches is accepted, and narrows.
+    routes[0]["path"] = "/reports/q4%20draft/{name}"
+    recorder = Recorder()
+    gk = Gatekeeper.from_config(world.config(sources=["asgi-tls"], routes=routes))
+    app = ASGIMiddleware(recorder.asgi, gatekeeper=gk)
+    assert_refused(run_asgi(app, http_scope(b"/reports/q4%20draft/x", cert=world.alice),
+                            recorder), 403)
+    assert run_asgi(app, http_scope(b"/reports/other", cert=world.alice), recorder).status == 200
+
+
+# -- endpointsec learn: names from tokens and headers never become policy syntax ---------
+
+
+def test_advisory_learn_wrote_a_token_role_as_a_policy_line(world: World, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]
+                                                            ) -> None:
+    """A token role is a claim value and may hold a line break. ``endpointsec learn``
+    wrote the other roles of a request into a ``#`` comment as they were: the role
+    ``zz\\np, role:reader, *, /*, *, allow`` ended the comment and added a rule granting
+    ``role:reader`` everything; as the narrowest role it was the rule's subject, with
+    the same effect. A role, user or domain a policy line cannot hold is no longer a
+    rule's subject or domain, and names in comments are escaped."""
+    import logging
+
+    from endpointsec.audit import JSONFormatter
+    from endpointsec.cli import main
+    from endpointsec.policy import CasbinPolicy
+
+    (tmp_path / "policy.csv").write_text("p, role:reader, *, /reports/*, GET, allow\n")
+    gk = world.gatekeeper(sources=["asgi-tls"], policy={"policy": str(tmp_path / "policy.csv")},
+                          defaults={"mtls": "none", "token": "required"},
+                          audit={"allow_sample_rate": 1.0})
+    recorder = Recorder()
+    app = ASGIMiddleware(recorder.asgi, gatekeeper=gk)
+    log_file = tmp_path / "decisions.jsonl"
+    handler = logging.FileHandler(log_file, encoding="utf-8")
+    handler.setFormatter(JSONFormatter())
+    decision_log = logging.getLogger("endpointsec.decision")
+    decision_log.addHandler(handler)
+    level = decision_log.level
+    decision_log.setLevel(logging.INFO)
+    try:
+        evil = "zz\np, role:reader, *, /*, *, allow"
+        for roles in (["reader", evil],  # credited to role:reader, ``evil`` in a comment
+                      ["reader", evil, "other"],  # credited to role:other
+                      ["reader", "a\np, role:reader, *, /*, *, allow"]):
+            token = world.issuer.issue("alice", roles=roles)
+            scope = http_scope(b"/reports/q1", headers=[
+                (b"authorization", b"Bearer " + token.encode())])
+            r = run_asgi(app, scope, recorder)
+            assert (r.status, r.app_ran) == (200, True)  # allowed as role:reader
+    finally:
+        decision_log.removeHandler(handler)
+        decision_log.setLevel(level)
+        handler.close()
+    capsys.readouterr()
+    learned = tmp_path / "learned.csv"
+    assert main(["learn", str(log_file), "-o", str(learned)]) == 0
+    text = learned.read_text()
+    rules = [line for line in text.splitlines() if line.startswith("p,")]
+    assert sorted(rules) == ["p, role:other, *, /reports/q1, GET, allow",
+                             "p, role:reader, *, /reports/q1, GET, allow"], text
+    assert "also carried role:reader, role:zz\\np, role:reader, *, /*, *, allow" in text
+    assert "p, role:reader, *, /*, *, allow" not in text.splitlines()
+    with CasbinPolicy(policy=learned) as learned_policy:
+        assert not learned_policy.evaluate(subjects=("role:reader",), resource="/admin/x",
+                                           action="DELETE").allowed
+
+
+# -- one FastAPI extension installed on two apps ----------------------------------------
+
+
+def test_advisory_fastapi_public_routes_of_another_app(world: World) -> None:
+    """An ``EndpointSec`` installed on two apps took the ``@sec.public`` routes of the
+    app that served the first request for both: the admin app's private ``/status``
+    matched the site's public ``/status`` and ran without any credential. Each app's
+    public routes are now its own."""
+    sec = FastAPISec(config=world.config(sources=["asgi-tls"]))
+    site, admin = FastAPI(), FastAPI()
+    sec.install(site)
+    sec.install(admin)
+    ran: list[str] = []
+
+    @site.get("/status")
+    @sec.public
+    async def status() -> dict[str, bool]:
+        ran.append("site")
+        return {"ok": True}
+
+    @admin.get("/status")
+    async def admin_status() -> dict[str, str]:
+        ran.append("admin")
+        return {"secret": "admin internals"}
+
+    with TestClient(site) as client:
+        assert client.get("/status").status_code == 200
+    with TestClient(admin) as client:
+        r = client.get("/status")
+    assert r.status_code == 401, r.text
+    assert r.content == _BODIES[401]
+    assert ran == ["site"]
+    # And the other way round: the admin app first, then the site.
+    sec2 = FastAPISec(config=world.config(sources=["asgi-tls"]))
+    site2, admin2 = FastAPI(), FastAPI()
+    sec2.install(site2)
+    sec2.install(admin2)
+    site2.get("/status")(sec2.public(status))
+    admin2.get("/status")(admin_status)
+    with TestClient(admin2) as client:
+        assert client.get("/status").status_code == 401
+    with TestClient(site2) as client:
+        assert client.get("/status").status_code == 200
+
+
+def test_advisory_fastapi_route_added_before_a_public_one_after_start(world: World) -> None:
+    """The public routes were looked up in a copy of the app's routes taken at the first
+    request: a private route placed before a public catch-all afterwards (a plugin
+    registering its routes late) ran as public. The routes Starlette runs are now the
+    routes looked at."""
+    from fastapi.routing import APIRoute
+
+    sec = FastAPISec(config=world.config(sources=["asgi-tls"]))
+    app = FastAPI()
+    sec.install(app)
+
+    @app.get("/{page:path}")
+    @sec.public
+    async def pages(page: str) -> dict[str, str]:
+        return {"page": page}
+
+    async def admin_keys() -> dict[str, str]:
+        return {"secret": "admin keys"}
+
+    with TestClient(app) as client:
+        assert client.get("/about").status_code == 200
+        app.router.routes.insert(0, APIRoute("/admin/keys", admin_keys, methods=["GET"]))
+        r = client.get("/admin/keys")
+        assert r.status_code == 401, r.text
+        assert client.get("/about").status_code == 200
+
+
+# -- files replaced with their modification time kept -------------------------------------
+
+
+def _replace_keeping_mtime(path: Path, data: bytes, *, in_place: bool) -> None:
+    """What ``cp -p``/``rsync -a``/``tar`` do: new content, the old file's mtime."""
+    before = path.stat()
+    assert len(data) == before.st_size
+    if in_place:
+        path.write_bytes(data)
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    else:
+        new = path.with_name(path.name + ".new")
+        new.write_bytes(data)
+        os.utime(new, ns=(before.st_atime_ns, before.st_mtime_ns))
+        os.replace(new, path)
+    after = path.stat()
+    assert (after.st_mtime_ns, after.st_size) == (before.st_mtime_ns, before.st_size)
+
+
+@pytest.mark.parametrize("in_place", [False, True], ids=["renamed", "in-place"])
+def test_advisory_trust_bundle_replaced_with_its_mtime_kept(tmp_path: Path,
+                                                            in_place: bool) -> None:
+    """Trust bundles were re-read only when their mtime or size changed. A bundle
+    replaced by one of the same size with the old mtime kept (``cp -p``, ``rsync -a``,
+    ``tar``, image layers with fixed times) was never re-read: the CA it removed kept
+    authenticating its clients for good. The inode and ctime are now compared too."""
+    old_ca = CertificateAuthority.create(name="client ca one")
+    new_ca = CertificateAuthority.create(name="client ca two")
+    size = max(len(old_ca.cert_pem), len(new_ca.cert_pem))
+    bundle = tmp_path / "ca.pem"
+    bundle.write_bytes(old_ca.cert_pem.ljust(size, b"\n"))
+    alice = old_ca.issue_client(spiffe_id=ALICE)
+    (tmp_path / "policy.csv").write_text(f"p, {ALICE}, *, /files/*, GET, allow\n")
+    config = Config.from_mapping({
+        "identity": {"sources": ["asgi-tls"], "trust_bundles": ["ca.pem"],
+                     "reload_interval": 0.0},
+        "policy": {"policy": "policy.csv"},
+    }, base_dir=tmp_path)
+    recorder = Recorder()
+    app = ASGIMiddleware(recorder.asgi, gatekeeper=Gatekeeper.from_config(config))
+    assert run_asgi(app, http_scope(b"/files/a", cert=alice), recorder).status == 200
+    _replace_keeping_mtime(bundle, new_ca.cert_pem.ljust(size, b"\n"), in_place=in_place)
+    assert_refused(run_asgi(app, http_scope(b"/files/a", cert=alice), recorder), 401)
+    new_client = new_ca.issue_client(spiffe_id=ALICE)
+    assert run_asgi(app, http_scope(b"/files/a", cert=new_client), recorder).status == 200
+
+
+def test_advisory_policy_rewritten_in_place_with_its_mtime_kept(world: World,
+                                                                tmp_path: Path) -> None:
+    """The policy watcher compared mtime, size and inode: a policy file rewritten in
+    place with its mtime kept (``cp -p new.csv policy.csv``) and the same size (a
+    revoked path swapped for another) was never reloaded, and the revoked rule kept
+    allowing. The ctime is now compared too."""
+    from endpointsec.policy import CasbinPolicy
+
+    policy = tmp_path / "policy.csv"
+    policy.write_text(f"p, {ALICE}, *, /files/*, GET, allow\n")
+    with CasbinPolicy(policy=policy) as engine:
+        assert engine.evaluate(subjects=(ALICE,), resource="/files/a", action="GET").allowed
+        _replace_keeping_mtime(policy, f"p, {ALICE}, *, /other/*, GET, allow\n".encode(),
+                               in_place=True)
+        engine.check_files()  # the change is seen...
+        engine.check_files()  # ...and loaded once it held still for one step
+        assert engine.generation == 1
+        assert not engine.evaluate(subjects=(ALICE,), resource="/files/a",
+                                   action="GET").allowed
 
 
 # -- subject namespaces: a certificate never yields a token subject ----------------------

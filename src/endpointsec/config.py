@@ -22,6 +22,7 @@ start-up with a message that names the offending key.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,7 +36,11 @@ from endpointsec.facts import MTLS, Requirements, TokenUse
 from endpointsec.identity.config import IdentityConfig
 from endpointsec.identity.forwarded import ProxyConfig
 from endpointsec.policy.config import PolicyConfig
+from endpointsec.policy.rules import unmatchable_path
 from endpointsec.tokens.config import TokensConfig
+
+#: A ``{name}`` parameter of a route template (one segment).
+_ROUTE_PARAM = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
 
 __all__ = [
     "CONFIG_ENV",
@@ -88,6 +93,13 @@ class RouteConfig:
         path = t.string("path")
         if path and not path.startswith("/"):
             t.error("must start with '/'", key="path")
+        elif path:
+            # Templates match normalized paths: a literal part written otherwise (a
+            # space, non-ASCII text, a lower-case escape) matches nothing, and the
+            # requirements the route narrows would silently not apply.
+            why = unmatchable_path(_ROUTE_PARAM.sub("p", path))
+            if why is not None:
+                t.error(f"never matches a request path: {why}", key="path")
         methods = frozenset(t.str_list("methods", (), choices=_METHODS,
                                        what="HTTP method (upper case)"))
         return t.build(cls, path=path, methods=methods,

@@ -20,6 +20,7 @@ from policy_support import ListAdapter
 from endpointsec.errors import ConfigurationError
 from endpointsec.policy import DEFAULT_MODEL_PATH, CasbinPolicy
 from endpointsec.policy.enforcer import _IndexedSnapshot, _is_literal
+from endpointsec.policy.rules import unmatchable_path
 
 NAMES = ["alice", "bob", "spiffe://example.org/web", "admin", "ops", "role:dev", "viewer"]
 DOMAINS = ["*", "acme", "globex"]
@@ -96,7 +97,8 @@ def test_indexed_evaluation_equals_casbin(p: list[Any], g: list[Any],
     bad = [i for i, r in enumerate(p) if not _documented(r[2])]
     if bad:  # only undocumented forms are refused, and every one of them, by number
         event("refused at load")
-        with pytest.raises(ConfigurationError, match="not a valid keyMatch2 pattern") as info:
+        with pytest.raises(ConfigurationError, match=r"not a valid keyMatch2 pattern|never "
+                           r"matches a request path") as info:
             CasbinPolicy(adapter=ListAdapter(p, g))
         for i in bad:
             assert f"adapter: policy rule {i + 1}:" in str(info.value)
@@ -136,9 +138,12 @@ def test_roles_for_equals_casbin_implicit_roles(g: list[Any], subject: str, dom:
 
 def _documented(template: str) -> bool:
     """The documented keyMatch2 forms: literal text without regex syntax (``.`` allowed),
-    ``:name`` as a whole segment, a final ``/*``, or ``*`` alone."""
+    ``:name`` as a whole segment, a final ``/*``, or ``*`` alone; a path object written
+    as a normalized request path is (no raw control character, space or non-ASCII)."""
     if template == "*":
         return True
+    if unmatchable_path(template) is not None:
+        return False
     body = template[:-2] if template.endswith("/*") else template
     for seg in body.split("/"):
         if seg.startswith(":"):

@@ -18,7 +18,7 @@ verifier is built for every verification (building one is cheap next to the sign
 checks; the ``Store`` of each bundle is built once per bundle version). Verified chains
 are cached, keyed by the chain's bytes, and an entry is used only while the bundle it
 was verified against is unchanged and strictly before the earliest ``notAfter`` in the
-verified chain. Bundle files are re-read when their mtime or size changes (checked at
+verified chain. Bundle files are re-read when their mtime, size, inode or ctime changes (checked at
 most every ``reload_interval`` seconds); a reload bumps the bundle's version, which
 invalidates cached verifications; a file that fails to load keeps the last good bundle
 (and the failure is logged).
@@ -62,7 +62,7 @@ __all__ = ["TrustBundle", "X509ChainVerifier", "policy_builder", "verify_client_
 
 logger = logging.getLogger("endpointsec.identity")
 
-_Signature = tuple[tuple[str, int, int], ...]
+_Signature = tuple[tuple[str, int, int, int, int], ...]
 
 #: The verified-chain cache holds at most this many bytes of certificates (and at most
 #: ``[identity] cache_size`` chains).
@@ -134,10 +134,13 @@ class TrustBundle:
         self.reload_failures = 0
 
     def _signature(self) -> _Signature:
+        # mtime and size alone miss a file replaced by one of the same size whose mtime
+        # was kept (cp -p, rsync -a, tar, image layers with fixed times): the inode
+        # (a rename) and the ctime (any write, which no tool can set back) do not.
         out = []
         for p in self.paths:
             st = os.stat(p)
-            out.append((str(p), st.st_mtime_ns, st.st_size))
+            out.append((str(p), st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns))
         return tuple(out)
 
     def _load(self) -> list[x509.Certificate]:

@@ -107,6 +107,10 @@ class _Middleware(ASGIMiddleware):
         self._owner = owner
         self._route_of = owner._route_template
         self._bound = False
+        #: This app's routes and whether one is public, taken at its first request
+        #: (per app: one EndpointSec may be installed on several apps).
+        self._routes: tuple[Any, ...] | None = None
+        self._has_public = False
 
     def _bind(self) -> None:
         gk = self._owner.gatekeeper
@@ -129,8 +133,8 @@ class _Middleware(ASGIMiddleware):
                 else:
                     await send({"type": "websocket.close", "code": 1011})
                 return
-        if not self._owner._routes_resolved and scope["type"] in ("http", "websocket"):
-            self._owner._resolve_public_routes(scope.get("app"))
+        if self._routes is None and scope["type"] in ("http", "websocket"):
+            self._routes, self._has_public = _public_routes(scope.get("app"))
         await super().__call__(scope, receive, send)
 
     def _lifespan_send(self, send: Any) -> Any:
@@ -152,7 +156,10 @@ class _Middleware(ASGIMiddleware):
         return lifespan_send
 
     def _route_facts(self, scope: Any, facts: RequestFacts) -> RequestFacts:
-        rule = self._owner._public_rule(scope) if self._owner._has_public else None
+        # The app's routes as they are now (a route added since the first request
+        # may come before a public one), read only when the app has a public route.
+        rule = _public_rule(scope, getattr(scope.get("app"), "routes", None) or ()) \
+            if self._has_public else None
         if rule is None:
             return facts
         return replace(facts, requirements=rule.apply(facts.requirements))
@@ -185,9 +192,6 @@ class EndpointSec:
         if config is not None or gatekeeper is not None:
             self.configure(config=config, gatekeeper=gatekeeper)
         self._bearer_scheme = _BearerScheme()
-        self._routes_resolved = False
-        self._has_public = False
-        self._app_routes: tuple[Any, ...] = ()
         self._dependencies: dict[RouteRule | None, Callable[..., Awaitable[Principal]]] = {}
         #: The dependency returning the caller (see :attr:`principal`).
         self._principal = self._dependency(None)
@@ -245,28 +249,6 @@ class EndpointSec:
 
         app.openapi = openapi  # type: ignore[method-assign]
 
-    def _resolve_public_routes(self, app: Any) -> None:
-        self._routes_resolved = True
-        self._app_routes = tuple(getattr(app, "routes", ()))
-        self._has_public = any(
-            getattr(getattr(r, "endpoint", None), _ATTR, RouteRule()).public
-            for r in self._app_routes
-        )
-
-    def _public_rule(self, scope: Any) -> RouteRule | None:
-        """The ``@sec.public`` rule of the route Starlette will run, if it is public."""
-        from starlette.routing import Match
-
-        try:
-            for route in self._app_routes:
-                match, _ = route.matches(scope)
-                if match is Match.FULL:
-                    rule = getattr(getattr(route, "endpoint", None), _ATTR, None)
-                    return rule if isinstance(rule, RouteRule) and rule.public else None
-        except Exception:  # an odd scope: not public (fail closed)
-            return None
-        return None
-
     def _route_template(self, scope: Any) -> str | None:
         """The template of the route Starlette runs (or ran) for the request, for the
         decision log; computed only when a record is written."""
@@ -274,7 +256,7 @@ class EndpointSec:
 
         route = scope.get("route")
         if route is None:
-            for candidate in self._app_routes:
+            for candidate in getattr(scope.get("app"), "routes", None) or ():
                 match, _ = candidate.matches(scope)
                 if match is Match.FULL:
                     route = candidate
@@ -412,6 +394,28 @@ class EndpointSec:
         setattr(check, _ATTR, rule)
         self._dependencies[rule] = check
         return check
+
+
+def _public_routes(app: Any) -> tuple[tuple[Any, ...], bool]:
+    """``app``'s routes, and whether one of them is declared ``@sec.public``."""
+    routes = tuple(getattr(app, "routes", None) or ())
+    return routes, any(getattr(getattr(r, "endpoint", None), _ATTR, RouteRule()).public
+                       for r in routes)
+
+
+def _public_rule(scope: Any, routes: Iterable[Any]) -> RouteRule | None:
+    """The ``@sec.public`` rule of the route Starlette will run, if it is public."""
+    from starlette.routing import Match
+
+    try:
+        for route in routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                rule = getattr(getattr(route, "endpoint", None), _ATTR, None)
+                return rule if isinstance(rule, RouteRule) and rule.public else None
+    except Exception:  # an odd scope: not public (fail closed)
+        return None
+    return None
 
 
 def _route_rules(dependant: Any) -> Iterator[RouteRule]:

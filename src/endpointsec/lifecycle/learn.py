@@ -29,6 +29,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from endpointsec.audit import escape_text
 from endpointsec.errors import PathError
 from endpointsec.lifecycle.records import NOT_AUTHORIZATION, DecisionRecord, format_time
 from endpointsec.lifecycle.routes import (
@@ -71,7 +72,7 @@ class LearnedRule:
         times = "time" if self.count == 1 else "times"
         text = f"# seen {self.count} {times}, last {format_time(self.last)}"
         if self.also:
-            text += f"; those requests also carried {', '.join(self.also)}"
+            text += f"; those requests also carried {escape_text(', '.join(self.also))}"
         return text
 
 
@@ -129,7 +130,7 @@ class LearnResult:
                 out += [rule.comment(), "# " + rule.csv()]
         if self.unexpressible:
             out += ["", "# Paths keyMatch2 cannot express exactly (no rule proposed):"]
-            out += [f"#   {where}" for where in self.unexpressible]
+            out += [f"#   {escape_text(where)}" for where in self.unexpressible]
         return "\n".join(out) + "\n"
 
     @property
@@ -176,6 +177,20 @@ def object_for(record: DecisionRecord, templates: Sequence[RouteTemplate]
     if all(literal_ok(seg) for seg in path.split("/")):
         return path, record.method
     return None
+
+
+#: What a value on a policy line may not hold: Casbin splits on ",", does not split
+#: inside brackets, keeps quotes, and a line ends at a line break (a role or group name
+#: comes from a token claim, a domain from a request header).
+_NOT_ON_A_LINE = frozenset(',"[]()\u2028\u2029') | frozenset(map(chr, range(0x20))) \
+    | frozenset(map(chr, range(0x7F, 0xA0)))
+_UNWRITABLE = "with a subject or domain a policy line cannot hold (',', a bracket, a quote " \
+              "or a control character)"
+
+
+def _writable(value: str) -> bool:
+    """``value`` is read back from a policy line exactly as written."""
+    return bool(value) and value == value.strip() and _NOT_ON_A_LINE.isdisjoint(value)
 
 
 def _ignored_reason(record: DecisionRecord) -> str | None:
@@ -226,13 +241,18 @@ def learn(records: Iterable[DecisionRecord], *, templates: Sequence[RouteTemplat
             result.unexpressible.append(f"{r.where} {r.method} {r.path}")
             result.ignored["with a path keyMatch2 cannot express exactly"] += 1
             continue
-        role = narrowest(r.roles)
+        role = narrowest([x for x in r.roles if _writable(x)])
         order = {
             "roles": (role, r.workload, r.user_subject),
             "users": (r.user_subject, r.workload, role),
             "workloads": (r.workload, role, r.user_subject),
         }[by]
         subject = next((s for s in order if s is not None), r.subjects[0])
+        if not _writable(subject) or not _writable(r.domain or "*"):
+            # Written as is it would end the line, or add or merge values: a role named
+            # "x\np, role:reader, *, /*, *, allow" would have added that rule.
+            result.ignored[_UNWRITABLE] += 1
+            continue
         key = (subject, r.domain or "*", target[0], target[1])
         entry = seen.get(key)
         if entry is None:

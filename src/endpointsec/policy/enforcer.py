@@ -63,6 +63,10 @@ DEFAULT_MODEL_PATH = Path(__file__).with_name("model.conf")
 _MAX_ROLE_STEPS = 9
 #: Decisions for longer resources are not cached (bounds the cache's memory).
 _MAX_CACHED_RESOURCE = 512
+#: Nothing is remembered for longer domains: the tenant comes from a request header (a
+#: client could send a new 16 KiB value on every request, and each cache keyed on it
+#: would keep it).
+_MAX_CACHED_DOMAIN = 256
 _MAX_ROLE_CACHE = 10_000
 _REQUEST_TOKENS = frozenset({"sub", "dom", "obj", "act"})
 
@@ -355,6 +359,8 @@ class _IndexedSnapshot(_Snapshot):
                     break
                 frontier = nxt
         result = frozenset(seen)
+        if len(domain) > _MAX_CACHED_DOMAIN:
+            return result  # a client-chosen tenant: not remembered
         if len(self._reach_cache) >= _MAX_ROLE_CACHE:
             self._reach_cache.clear()
         self._reach_cache[key] = result
@@ -366,6 +372,8 @@ class _IndexedSnapshot(_Snapshot):
         return self._reach(subject, domain) | self._reach(subject, "*")
 
     def roles(self, subjects: tuple[str, ...], domain: str) -> frozenset[str]:
+        if len(domain) > _MAX_CACHED_DOMAIN:  # a client-chosen tenant: not remembered
+            return frozenset(r for s in subjects for r in self._names(s, domain) - {s})
         key = (subjects, domain)
         hit: frozenset[str] | None = self._roles.get(key)
         if hit is not None:
@@ -399,6 +407,12 @@ class _IndexedSnapshot(_Snapshot):
     def evaluate(self, subjects: tuple[str, ...], resource: str, action: str,
                  domain: str | None) -> PolicyResult:
         dom = domain or "*"
+        if len(dom) > _MAX_CACHED_DOMAIN:  # a client-chosen tenant: not remembered
+            try:
+                return self._view(subjects, action, dom).evaluate(
+                    subjects, resource, action, dom)
+            except Exception as exc:  # fail closed with a reason, never a 500
+                return _failed(subjects, resource, action, exc)
         key = (subjects, action, dom)
         view = self._views.get(key)
         try:
@@ -486,6 +500,11 @@ class _EnforcerSnapshot(_Snapshot):
 
     def evaluate(self, subjects: tuple[str, ...], resource: str, action: str,
                  domain: str | None) -> PolicyResult:
+        if domain is not None and len(domain) > _MAX_CACHED_DOMAIN:
+            try:  # a client-chosen tenant: not remembered
+                return self._evaluate(subjects, resource, action, domain)
+            except Exception as exc:  # fail closed with a reason, never a 500
+                return _failed(subjects, resource, action, exc)
         key = (subjects, resource, action, domain)
         hit = self._results.get(key)
         if hit is not None:
@@ -537,15 +556,20 @@ class _EnforcerSnapshot(_Snapshot):
 # -- the facade -----------------------------------------------------------------------------
 
 
-def _file_signature(paths: Sequence[Path]) -> tuple[tuple[int, int, int] | None, ...]:
-    sig: list[tuple[int, int, int] | None] = []
+_Stat = tuple[int, int, int, int]
+
+
+def _file_signature(paths: Sequence[Path]) -> tuple[_Stat | None, ...]:
+    # The ctime too: a file rewritten in place with its mtime kept (cp -p, rsync -a)
+    # and the same size has the same mtime, size and inode, never the same ctime.
+    sig: list[_Stat | None] = []
     for p in paths:
         try:
             st = p.stat()
         except OSError:
             sig.append(None)
         else:
-            sig.append((st.st_mtime_ns, st.st_size, st.st_ino))
+            sig.append((st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns))
     return tuple(sig)
 
 
@@ -624,7 +648,7 @@ class CasbinPolicy:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._loaded_sig = _file_signature(self._watched)
-        self._pending_sig: tuple[tuple[int, int, int] | None, ...] | None = None
+        self._pending_sig: tuple[_Stat | None, ...] | None = None
         if watch:
             if not self._watched:
                 raise ConfigurationError("watch needs a policy or model file to watch",

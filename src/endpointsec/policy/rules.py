@@ -20,6 +20,12 @@ problem, each with its place (``policy.csv:12``, or ``adapter: policy rule 3``):
   ``/items:batch`` matches ``/itemsX``, ``/a*`` matches ``/aaa``); ``{id}`` is *not* a
   parameter for Casbin (it matches the literal text ``{id}``): write ``:id``. A ``.``
   stays accepted and matches any character, as in Casbin.
+* a path object (one starting with ``/``) written as no normalized request path is
+  written: a character that the normalizer percent-encodes (a space, ``"``, non-ASCII
+  text: ``/reports/q4 draft/*`` never matches ``/reports/q4%20draft/x``), a lower-case
+  escape (``%c3%a9``: paths carry ``%C3%A9``) or an escaped unreserved character
+  (``%7E``: paths carry ``~``). Such a rule never matches anything, so a deny rule
+  written that way silently denied nothing.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ __all__ = [
     "read_policy_file",
     "refused",
     "split_policy_line",
+    "unmatchable_path",
 ]
 
 #: The rule types of the shipped default model.
@@ -57,6 +64,11 @@ _PARAM = re.compile(r":[A-Za-z_][A-Za-z0-9_-]*")
 _BRACED = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[^{}/]*)?\}")
 #: Regular-expression syntax that keyMatch2 would pass through to ``re`` as is.
 _REGEX = frozenset("^$+?{}[]\\|()")
+#: What a normalized request path holds raw (endpointsec.policy.paths: the unreserved
+#: characters and RFC 3986 pchar without "%", plus "/"); everything else is "%XX".
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_PATH_RAW = _UNRESERVED | frozenset("!$&'()*+,;=:@/")
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +224,34 @@ def check_object(obj: str) -> str | None:
     return "not one of the keyMatch2 forms ':name', a final '/*', or '*'"  # pragma: no cover
 
 
+def unmatchable_path(obj: str) -> str | None:
+    """Why the path object ``obj`` can match no normalized request path (a character
+    or an escape the normalizer never leaves in a path), or ``None``."""
+    if not obj.startswith("/"):
+        return None  # a resource name (``resource=`` overrides), not a request path
+    i, n = 0, len(obj)
+    while i < n:
+        c = obj[i]
+        if c == "%":
+            m = _ESCAPE.match(obj, i)
+            if m is None:
+                return "a '%' not followed by two hex digits never appears in a request path"
+            hex_ = m.group(1)
+            if chr(int(hex_, 16)) in _UNRESERVED:
+                return (f"'%{hex_}' is decoded in request paths (write "
+                        f"{chr(int(hex_, 16))!r})")
+            if hex_ != hex_.upper():
+                return f"request paths carry upper-case escapes (write '%{hex_.upper()}')"
+            i += 3
+            continue
+        if c not in _PATH_RAW:
+            encoded = "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass"))
+            return (f"{c!r} is percent-encoded in request paths (write {encoded!r}); as "
+                    "written the rule matches nothing")
+        i += 1
+    return None
+
+
 def check_rules(lines: Sequence[PolicyLine]) -> list[Finding]:
     """Every problem of the rules of the default model (see the module docstring)."""
     out: list[Finding] = []
@@ -231,6 +271,11 @@ def check_rules(lines: Sequence[PolicyLine]) -> list[Finding]:
             if why is not None:
                 out.append(Finding(line.where, f"[{text}] object {obj[:120]!r} is not a "
                                                f"valid keyMatch2 pattern: {why}"))
+            else:
+                why = unmatchable_path(obj)
+                if why is not None:
+                    out.append(Finding(line.where, f"[{text}] object {obj[:120]!r} never "
+                                                   f"matches a request path: {why}"))
         elif line.key == "g" and len(line.values) != 3:
             out.append(Finding(line.where, f"[{text}] has {len(line.values)} values after "
                                            f"'g'; the default model needs 3: {_G_FIELDS}"))

@@ -11,7 +11,7 @@ certificate is chosen and before the client certificate is verified, so a new
 handshake gets the current certificate, key and client CA store. Open connections keep
 the context they were made with and are never dropped.
 
-A watcher thread polls the files (mtime, size and inode, so a symlink swap as
+A watcher thread polls the files (mtime, size, inode and ctime, so a symlink swap as
 Kubernetes does it is seen) every ``reload_interval`` seconds. A change is loaded once
 the files have held still for one interval (a file being written is not read half-way;
 a symlink swap of all files at once is loaded as one set). The new set is checked
@@ -47,18 +47,20 @@ __all__ = ["RotatingServerContext"]
 
 logger = logging.getLogger("endpointsec.servers")
 
-_FileSignature = tuple[tuple[int, int, int] | None, ...]
+_FileSignature = tuple[tuple[int, int, int, int] | None, ...]
 
 
 def _signature(paths: tuple[Path, ...]) -> _FileSignature:
-    out: list[tuple[int, int, int] | None] = []
+    out: list[tuple[int, int, int, int] | None] = []
     for p in paths:
         try:
             st = os.stat(p)
         except OSError:
             out.append(None)
         else:
-            out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+            # ctime: a file rewritten in place with its mtime kept (cp -p) and the same
+            # size keeps mtime, size and inode, never its ctime.
+            out.append((st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns))
     return tuple(out)
 
 

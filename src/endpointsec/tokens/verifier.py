@@ -116,8 +116,10 @@ class JWTVerifier:
         self._loop = BackgroundLoop()
         self._max_bytes = config.max_token_bytes
         self._issuers: dict[str, _Issuer] = {}
+        #: Per issuer: how many times its key set changed (see :meth:`_keys_changed`).
+        self._generations: dict[str, int] = {}
         for ic in config.issuers:
-            source = build_key_source(ic, loop=self._loop, on_change=self._cache.drop_issuer,
+            source = build_key_source(ic, loop=self._loop, on_change=self._keys_changed,
                                       clock=monotonic)
             self._issuers[ic.issuer] = _Issuer(
                 config=ic, keys=source, algorithms=frozenset(ic.algorithms),
@@ -131,8 +133,9 @@ class JWTVerifier:
         if hit is not None:
             return hit
         parsed, claims, issuer = self._prepare(token)
+        generation = self._generations.get(issuer.config.issuer, 0)
         key = issuer.keys.resolve(parsed.kid, parsed.alg)
-        return self._finish(token, parsed, claims, issuer, key)
+        return self._finish(token, parsed, claims, issuer, key, generation)
 
     async def averify(self, token: str) -> RequestPrincipal:
         """Verify ``token`` without blocking the event loop."""
@@ -140,8 +143,9 @@ class JWTVerifier:
         if hit is not None:
             return hit
         parsed, claims, issuer = self._prepare(token)
+        generation = self._generations.get(issuer.config.issuer, 0)
         key = await issuer.keys.aresolve(parsed.kid, parsed.alg)
-        return self._finish(token, parsed, claims, issuer, key)
+        return self._finish(token, parsed, claims, issuer, key, generation)
 
     def prefetch(self) -> None:
         """Start fetching every remote key set in the background (does not wait, never
@@ -182,7 +186,8 @@ class JWTVerifier:
         return parsed, claims, issuer
 
     def _finish(self, token: str, parsed: ParsedJWS, claims: dict[str, Any],
-                issuer: _Issuer, key: VerificationKey) -> RequestPrincipal:
+                issuer: _Issuer, key: VerificationKey,
+                generation: int | None = None) -> RequestPrincipal:
         verify_signature(parsed, key, algorithms=issuer.algorithms)
         cfg = issuer.config
         if cfg.typ is not None:
@@ -214,7 +219,18 @@ class JWTVerifier:
             claims=MappingProxyType(claims),
         )
         self._cache.put(token, principal, expires_at=self._remember_until(exp, issuer))
+        if generation is not None and self._generations.get(cfg.issuer, 0) != generation:
+            # The issuer's keys changed since the key was looked up (the change may have
+            # removed it): forget its tokens again, this one included. A change after
+            # this check drops this token itself (it is cached by then).
+            self._cache.drop_issuer(cfg.issuer)
         return principal
+
+    def _keys_changed(self, issuer: str) -> None:
+        """An issuer's key set changed: count it, then forget the issuer's tokens (in that
+        order, for the check in :meth:`_finish`)."""
+        self._generations[issuer] = self._generations.get(issuer, 0) + 1
+        self._cache.drop_issuer(issuer)
 
     def _remember_until(self, exp: float, issuer: _Issuer) -> float:
         """A verified token is remembered until its ``exp``, and never past the moment
