@@ -11,8 +11,9 @@ costs nothing measurable until something is used.
 
 from __future__ import annotations
 
-import importlib
 import typing
+
+from endpointsec._lazy import lazy_exports as _lazy_exports
 
 if typing.TYPE_CHECKING:
     from endpointsec.config import Config, RouteConfig, ServerConfig, config_schema, load_config
@@ -119,14 +120,4 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> typing.Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = _lazy_exports(__name__, globals(), _LAZY, __all__)

@@ -11,8 +11,9 @@ loading it must not import the helpers until a fixture needs them.
 
 from __future__ import annotations
 
-import importlib
 import typing
+
+from endpointsec._lazy import lazy_exports as _lazy_exports
 
 if typing.TYPE_CHECKING:
     from endpointsec.testing.assertions import (
@@ -104,14 +105,4 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> typing.Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = _lazy_exports(__name__, globals(), _LAZY, __all__)
