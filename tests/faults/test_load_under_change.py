@@ -271,12 +271,16 @@ def test_load_while_policy_and_keys_change(served: Served,
     rotations: list[str] = []
 
     def rotate_keys() -> None:
+        # As issuers do: a new key is published a while before tokens are signed with
+        # it, and an old one is withdrawn from use a while before it leaves the set.
         while not stop.wait(ROTATE_EVERY):
             rotations.append(issuer.rotate())
+            if stop.wait(1.5):  # > jwks_ttl: every replica has fetched the new key
+                break
             tokens.issue()
             for kid in issuer.kids[3:]:
                 tokens.withdraw(kid)
-                time.sleep(0.5)  # requests already holding its tokens finish
+                time.sleep(1.0)  # requests already holding its tokens finish
                 issuer.retire(kid)
 
     workers = [threading.Thread(target=load, args=(i,)) for i in range(CLIENT_THREADS)]
