@@ -237,5 +237,5 @@ def test_chain_cache_is_bounded_in_bytes(world: World, monkeypatch: pytest.Monke
         verifier.verify(PresentedCertificate(
             leaf=cert.der, intermediates=tuple(c.public_bytes(Encoding.DER)
                                                for c in cert.intermediates)))
-        assert verifier._cache_bytes <= 3 * 1024  # type: ignore[attr-defined]
+        assert verifier._cache.bytes <= 3 * 1024  # type: ignore[attr-defined]
     assert 0 < verifier.cache_len <= 3

@@ -1,14 +1,15 @@
 """A memo bounded in entries *and* bytes, for pure functions of request bytes.
 
 Used where a server or proxy hands over the same bytes on every request of a connection
-(a PEM chain, a forwarded-certificate header): the parsed result is remembered under
-the exact input. Only pure results are kept (never a verification, which depends on the
-time and the trust bundle). The oldest entries go first; reads take no lock.
+(a PEM chain, a forwarded-certificate header), for verified chains and for the policy
+engine's views. The oldest entries go first; reads take no lock. A caller whose entries
+expire checks that on a hit and :meth:`Memo.discard` s the stale entry.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 __all__ = ["Memo"]
@@ -55,6 +56,17 @@ class Memo(Generic[K, V]):
                 self._bytes -= dropped
             items[key] = (value, size)
             self._bytes += size
+
+    def discard(self, key: K, value: V) -> None:
+        """Forget ``key`` if it still holds ``value`` (not a newer entry)."""
+        with self._lock:
+            entry = self._items.get(key)
+            if entry is not None and entry[0] is value:
+                del self._items[key]
+                self._bytes -= entry[1]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(list(self._items))
 
     @property
     def bytes(self) -> int:

@@ -45,6 +45,7 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
+from endpointsec._memo import Memo
 from endpointsec.errors import CertificateError, ConfigurationError
 from endpointsec.facts import PeerIdentity, PresentedCertificate
 from endpointsec.identity.certs import (
@@ -259,11 +260,10 @@ class X509ChainVerifier:
         self._allowed: frozenset[str] | None = frozenset(allowed) if allowed else None
         self._require_spiffe = config.require_spiffe
         self._max_depth = config.max_chain_depth
-        self._cache_size = config.cache_size
-        self._cache: dict[tuple[object, ...], _Entry] = {}
-        self._cache_sizes: dict[tuple[object, ...], int] = {}
-        self._cache_bytes = 0
-        self._cache_lock = threading.Lock()
+        #: Verified (and identified) chains: ``[identity] cache_size`` entries, and at
+        #: most _CACHE_BYTES of the certificates they are keyed on.
+        self._cache: Memo[tuple[object, ...], _Entry] = Memo(
+            max_entries=config.cache_size, max_bytes=_CACHE_BYTES)
 
     # -- public ---------------------------------------------------------------------
 
@@ -354,10 +354,7 @@ class X509ChainVerifier:
 
     def clear_cache(self) -> None:
         """Forget every cached verification."""
-        with self._cache_lock:
-            self._cache.clear()
-            self._cache_sizes.clear()
-            self._cache_bytes = 0
+        self._cache.clear()
 
     # -- steps ----------------------------------------------------------------------
 
@@ -421,30 +418,11 @@ class X509ChainVerifier:
         return entry.identity
 
     def _cache_drop(self, key: tuple[object, ...], entry: _Entry) -> None:
-        with self._cache_lock:
-            if self._cache.get(key) is entry:
-                del self._cache[key]
-                self._cache_bytes -= self._cache_sizes.pop(key, 0)
+        self._cache.discard(key, entry)
 
     def _cache_put(self, key: tuple[object, ...], entry: _Entry) -> None:
-        """Remember ``entry``; the cache is bounded in entries and in the bytes of the
-        certificates it is keyed on (the oldest entries go first)."""
-        size = sum(len(k) for k in key if isinstance(k, bytes))
-        if self._cache_size <= 0 or size > _CACHE_BYTES // 4:
-            return
-        with self._cache_lock:
-            cache = self._cache
-            old = cache.pop(key, None)
-            if old is not None:
-                self._cache_bytes -= self._cache_sizes.pop(key, 0)
-            while cache and (len(cache) >= self._cache_size
-                             or self._cache_bytes + size > _CACHE_BYTES):
-                oldest = next(iter(cache))
-                del cache[oldest]
-                self._cache_bytes -= self._cache_sizes.pop(oldest, 0)
-            cache[key] = entry
-            self._cache_sizes[key] = size
-            self._cache_bytes += size
+        """Remember ``entry``, sized by the certificates it is keyed on."""
+        self._cache.put(key, entry, size=sum(len(k) for k in key if isinstance(k, bytes)))
 
     @property
     def cache_len(self) -> int:

@@ -40,6 +40,7 @@ from typing import Any
 
 import casbin
 
+from endpointsec._memo import Memo
 from endpointsec.errors import ConfigurationError, PolicyStoreUnavailable
 from endpointsec.facts import PolicyResult
 from endpointsec.policy.paths import PathNormalizer, PathOptions
@@ -215,33 +216,9 @@ def _failed(subjects: tuple[str, ...], resource: str, action: str,
     )
 
 
-class _Bounded(dict[Any, Any]):
-    """A dict bounded in entries (``size``) and in the bytes of its keys (``max_bytes``):
-    the oldest entries go first (insertion order). Reads are plain dict lookups."""
-
-    __slots__ = ("_lock", "_sizes", "bytes", "max_bytes", "size")
-
-    def __init__(self, size: int, *, max_bytes: int = 8 * 1024 * 1024) -> None:
-        super().__init__()
-        self.size = size
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self._sizes: dict[Any, int] = {}
-        self._lock = threading.Lock()
-
-    def add(self, key: Any, value: Any, *, nbytes: int) -> None:
-        if self.size <= 0 or nbytes > self.max_bytes // 4:
-            return
-        with self._lock:
-            if key in self:
-                return
-            while self and (len(self) >= self.size or self.bytes + nbytes > self.max_bytes):
-                oldest = next(iter(self))
-                del self[oldest]
-                self.bytes -= self._sizes.pop(oldest, 0)
-            self[key] = value
-            self._sizes[key] = nbytes
-            self.bytes += nbytes
+def _bounded(size: int) -> Memo[Any, Any]:
+    """A snapshot's memo: ``size`` entries (``[policy] cache_size``) and 8 MiB of keys."""
+    return Memo(max_entries=size, max_bytes=8 * 1024 * 1024)
 
 
 def _key_bytes(subjects: tuple[str, ...], *parts: str) -> int:
@@ -313,9 +290,9 @@ class _IndexedSnapshot(_Snapshot):
         self._edges = edges
         self._reach_cache: dict[tuple[str, str], frozenset[str]] = {}
         #: Per (subjects, action, domain): the buckets that can apply (see _View).
-        self._views = _Bounded(cache_size)
+        self._views: Memo[tuple[Any, ...], _View] = _bounded(cache_size)
         #: Per (subjects, domain): every role held.
-        self._roles = _Bounded(cache_size)
+        self._roles: Memo[tuple[Any, ...], frozenset[str]] = _bounded(cache_size)
         self.rule_count = len(p_rules)
         self.role_count = len(g_rules)
 
@@ -382,7 +359,7 @@ class _IndexedSnapshot(_Snapshot):
         for s in subjects:
             out |= self._names(s, domain) - {s}
         result = frozenset(out)
-        self._roles.add(key, result, nbytes=_key_bytes(subjects, domain))
+        self._roles.put(key, result, size=_key_bytes(subjects, domain))
         return result
 
     def _view(self, subjects: tuple[str, ...], action: str, domain: str) -> _View:
@@ -418,7 +395,7 @@ class _IndexedSnapshot(_Snapshot):
         try:
             if view is None:
                 view = self._view(subjects, action, dom)
-                self._views.add(key, view, nbytes=_key_bytes(subjects, action, dom))
+                self._views.put(key, view, size=_key_bytes(subjects, action, dom))
             return view.evaluate(subjects, resource, action, dom)
         except Exception as exc:  # fail closed with a reason, never a 500
             return _failed(subjects, resource, action, exc)
@@ -485,7 +462,7 @@ class _EnforcerSnapshot(_Snapshot):
         super().__init__(cache_size=cache_size)
         #: Answers per (subjects, resource, action, domain): a plain enforcer call per
         #: subject is slow. Bounded in entries, and in bytes by _MAX_CACHED_RESOURCE.
-        self._results = _Bounded(cache_size)
+        self._results: Memo[tuple[Any, ...], PolicyResult] = _bounded(cache_size)
         self._enforcer = enforcer
         self._lock = threading.Lock()
         tokens = tuple(t.split("_", 1)[1] for t in enforcer.model.model["r"]["r"].tokens)
@@ -508,13 +485,13 @@ class _EnforcerSnapshot(_Snapshot):
         key = (subjects, resource, action, domain)
         hit = self._results.get(key)
         if hit is not None:
-            return hit  # type: ignore[no-any-return]
+            return hit
         try:
             result = self._evaluate(subjects, resource, action, domain or "*")
         except Exception as exc:  # fail closed with a reason, never a 500
             return _failed(subjects, resource, action, exc)
         if len(resource) <= _MAX_CACHED_RESOURCE:
-            self._results.add(key, result, nbytes=_key_bytes(subjects, resource, action))
+            self._results.put(key, result, size=_key_bytes(subjects, resource, action))
         return result
 
     def _request(self, subject: str, resource: str, action: str, domain: str) -> list[str]:
@@ -1270,8 +1247,8 @@ class _Editor:
         new._index = self.index
         new._edges = self.edges
         new._reach_cache = {}
-        new._views = _Bounded(old.cache_size)
-        new._roles = _Bounded(old.cache_size)
+        new._views = _bounded(old.cache_size)
+        new._roles = _bounded(old.cache_size)
         new.rule_count = self.rule_count
         new.role_count = self.role_count
         new._next_index = self.next_index  # type: ignore[attr-defined]
